@@ -1,0 +1,49 @@
+# fleet's entry points. `make check` is the test command; .ci/run calls it.
+# Debian's python3 runs everything: it sees python3-falcon, -waitress, -systemd.
+PY      ?= /usr/bin/python3
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+DEB     := dist/fleet_$(VERSION)_all.deb
+
+.PHONY: help deps check unit e2e pypi deb install try try-stop bench
+
+help:
+	@echo "make install   build the .deb and apt-install it (Debian 12 with systemd, as root)"
+	@echo "make check     install test dependencies, then run every test (as root)"
+	@echo "make unit      unit tests only, with Debian's packages"
+	@echo "make e2e       end-to-end tests in a throwaway systemd container"
+	@echo "make deb       build $(DEB)"
+	@echo "make try       boot a throwaway container with fleet installed (no systemd needed here)"
+	@echo "make bench     benchmark fleet against its peers (see bench/README.md)"
+
+deps:
+	packaging/install-deps
+
+check: deps
+	$(PY) -m pytest -p no:cacheprovider tests
+	$(MAKE) --no-print-directory pypi
+
+unit:
+	$(PY) -m pytest -p no:cacheprovider -m "not e2e" tests
+
+# The same unit tests against the newest falcon, waitress and systemd-python from PyPI.
+pypi:
+	build/pypi-venv/bin/python -m pytest -p no:cacheprovider -m "not e2e" tests
+
+e2e:
+	$(PY) -m pytest -p no:cacheprovider -m e2e tests
+
+deb: $(DEB)
+$(DEB): $(shell git ls-files fleet units packaging pyproject.toml 2>/dev/null)
+	packaging/build-deb
+
+install: deb
+	apt-get install -y ./$(DEB)
+
+try: deb
+	$(PY) tests/e2e/try_fleet.py start
+
+try-stop:
+	$(PY) tests/e2e/try_fleet.py stop
+
+bench:
+	$(PY) bench/run.py

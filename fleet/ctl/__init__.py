@@ -1,0 +1,1 @@
+"""fleetctl: scale, inspect and restart the fleet's systemd units."""

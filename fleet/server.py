@@ -1,0 +1,250 @@
+"""waitress, adapted to a worker that shares its listening sockets with its siblings.
+
+waitress has no graceful shutdown (Pylons/waitress#198): on exit it cancels
+queued tasks. fleet adds one by stopping accepting (the kernel's queue then
+feeds the sibling workers), answering what it already holds with
+``Connection: close`` and closing keep-alive connections only between requests.
+The same mechanism bounds a keep-alive connection's age, so clients spread
+again over every worker, a freshly restarted one included.
+
+Only public waitress behaviour is relied on, and checked against waitress 2.1
+and 3.x by the tests: the server's ``channel_class``, the channel's
+``task_class``, and a request's ``Connection`` header deciding whether the
+connection ends after the response.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import waitress
+from waitress import wasyncore
+from waitress.channel import HTTPChannel
+from waitress.server import BaseWSGIServer
+from waitress.task import WSGITask
+
+from fleet.settings import Settings
+
+log = logging.getLogger("fleet.worker")
+access_log = logging.getLogger("fleet.access")
+
+# NOTE: a connection with no byte read or written for this long is idle, and
+# may be closed when draining. Shorter races a client that is about to send
+# its next request on a busy connection; the response to that request would
+# carry Connection: close anyway.
+IDLE_GRACE = 0.5
+
+
+class FleetTask(WSGITask):  # type: ignore[misc]
+    """A request: tracked while it runs, marked with the worker id, ends keep-alive if due."""
+
+    def service(self) -> None:
+        fleet: FleetServer = self.channel.server.fleet
+        thread = threading.get_ident()
+        fleet.busy[thread] = time.monotonic()
+        try:
+            super().service()
+        finally:
+            del fleet.busy[thread]
+            fleet.request_done(self)
+
+    def build_response_header(self) -> Any:
+        fleet: FleetServer = self.channel.server.fleet
+        if fleet.draining or fleet.connection_expired(self.channel):
+            # NOTE: as if the client had asked: waitress 2.1 and 3.x both then
+            # send "Connection: close" and close once the response is out.
+            self.request.headers["CONNECTION"] = "close"
+        self.response_headers.append(("X-Fleet-Worker", fleet.instance))
+        return super().build_response_header()
+
+
+class FleetChannel(HTTPChannel):  # type: ignore[misc]
+    task_class = FleetTask
+
+
+class _SignalPipe(wasyncore.file_dispatcher):  # type: ignore[misc]
+    """Wakes the event loop the moment a signal arrives (``signal.set_wakeup_fd``).
+
+    Without it, poll() is retried after the Python handler runs and the loop
+    would notice SIGTERM only at its next timeout, accepting meanwhile.
+    """
+
+    def __init__(self, map: dict[int, Any]) -> None:
+        read_end, self._write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        super().__init__(read_end, map)
+        os.close(read_end)  # file_dispatcher keeps its own duplicate
+        self._previous = signal.set_wakeup_fd(self._write_end, warn_on_full_buffer=False)
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def handle_read(self) -> None:
+        try:
+            while self.recv(512):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def handle_close(self) -> None:
+        signal.set_wakeup_fd(self._previous)
+        os.close(self._write_end)
+        self.close()
+
+
+def bind(addresses: tuple[str, ...], backlog: int) -> list[socket.socket]:
+    """Create listening sockets for ``FLEET_LISTEN`` when run without systemd."""
+    result = []
+    for address in addresses:
+        if address.startswith("unix:"):
+            path = address[len("unix:"):]
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            if os.path.exists(path):
+                os.unlink(path)
+            sock.bind(path)
+        else:
+            host, _, port = address.rpartition(":")
+            host = host.strip("[]")
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, int(port)))
+        sock.listen(backlog)
+        result.append(sock)
+    return result
+
+
+def describe(sock: socket.socket) -> str:
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{name}"
+    if sock.family == socket.AF_INET6:
+        return f"[{name[0]}]:{name[1]}"
+    return f"{name[0]}:{name[1]}"
+
+
+class FleetServer:
+    """The worker's HTTP side: waitress channels and threads on already-listening sockets."""
+
+    def __init__(self, app: Callable[..., Any], sockets: list[socket.socket], settings: Settings) -> None:
+        self.instance = settings.instance
+        self.settings = settings
+        self.map: dict[int, Any] = {}
+        self.draining = False
+        self.busy: dict[int, float] = {}
+        self._done = itertools.count(1)
+        self.requests_done = 0
+        self.recycle_requested = False
+        self.recycle_limit = 0  # requests after which to drain and exit; 0: never
+        self.addresses = [describe(s) for s in sockets]
+        # NOTE: _start=False keeps waitress from calling listen() again, which
+        # would replace the Backlog= that fleet.socket set with its own.
+        waitress.create_server(
+            app,
+            map=self.map,
+            _start=False,
+            sockets=sockets,
+            threads=settings.threads,
+            connection_limit=settings.connection_limit,
+            channel_timeout=int(max(1, settings.channel_timeout)),
+            asyncore_use_poll=True,
+            ident="fleet",
+        )
+        self.listeners = [obj for obj in self.map.values() if isinstance(obj, BaseWSGIServer)]
+        for listener in self.listeners:
+            listener.channel_class = FleetChannel
+            listener.fleet = self
+        self.dispatcher = self.listeners[0].task_dispatcher
+        self.trigger = self.listeners[0].trigger
+        self.signal_pipe = _SignalPipe(self.map)
+
+    # -- called from request threads -------------------------------------------------
+
+    def request_done(self, task: FleetTask) -> None:
+        self.requests_done = next(self._done)
+        if self.settings.access_log:
+            request = task.request
+            access_log.info(
+                '%s "%s %s HTTP/%s" %s %d',
+                task.channel.addr[0] if task.channel.addr else "-",
+                request.command,
+                request.path,
+                request.version,
+                (task.status or "-").split(" ", 1)[0],
+                task.content_bytes_written,
+            )
+        if self.recycle_limit and self.requests_done >= self.recycle_limit and not self.recycle_requested:
+            self.recycle_requested = True
+            self.trigger.pull_trigger()  # wake the loop to begin draining
+
+    def connection_expired(self, channel: HTTPChannel) -> bool:
+        max_age = self.settings.keepalive_max_age
+        return bool(max_age) and time.time() - channel.creation_time >= max_age
+
+    # -- called from the event loop ----------------------------------------------------
+
+    def start_accepting(self) -> None:
+        for listener in self.listeners:
+            listener.accepting = True
+
+    def stop_accepting(self) -> None:
+        """Leave new connections in the kernel's queue, where sibling workers take them."""
+        for listener in self.listeners:
+            listener.accepting = False
+
+    def channels(self) -> Iterator[HTTPChannel]:
+        return (obj for obj in list(self.map.values()) if isinstance(obj, HTTPChannel))
+
+    def stuck_threads(self, older_than: float, now: float | None = None) -> int:
+        now = time.monotonic() if now is None else now
+        return sum(1 for started in list(self.busy.values()) if now - started >= older_than)
+
+    def close_idle(self, now: float | None = None) -> int:
+        """Close connections with no request in flight and no traffic for IDLE_GRACE.
+
+        Returns how many connections remain open.
+        """
+        now = time.time() if now is None else now
+        remaining = 0
+        for channel in self.channels():
+            if channel.requests or channel.total_outbufs_len or channel.will_close:
+                remaining += 1
+                continue
+            if now - channel.last_activity < IDLE_GRACE or _has_unread_bytes(channel.socket):
+                remaining += 1
+                continue
+            channel.handle_close()
+        return remaining
+
+    def close_all(self) -> int:
+        channels = list(self.channels())
+        for channel in channels:
+            channel.handle_close()
+        return len(channels)
+
+    def poll(self, timeout: float) -> None:
+        wasyncore.loop(timeout=timeout, map=self.map, use_poll=True, count=1)
+
+    def shutdown(self) -> None:
+        self.dispatcher.shutdown(cancel_pending=True, timeout=1)
+        for obj in list(self.map.values()):
+            obj.close()
+
+
+def _has_unread_bytes(sock: socket.socket) -> bool:
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return False

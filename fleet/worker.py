@@ -1,0 +1,335 @@
+"""fleet-worker: serve one WSGI app on the sockets systemd passes, and stop without losing a request.
+
+One process of the fleet, started by ``fleet-worker@N.service``. Its life:
+
+1. read the ``FLEET_*`` settings and import the app; on failure, say why in one
+   line, wait out a growing back-off (so a crash loop stays cheap), exit non-zero;
+2. take the inherited listening sockets (or bind ``FLEET_LISTEN`` when run by
+   hand), pin itself to its CPU, tell systemd ``READY=1``;
+3. serve, pinging the watchdog while its threads are not all stuck;
+4. on SIGTERM (or once recycling is due) stop accepting at once, let requests
+   in flight finish, close keep-alive connections between requests, exit 0.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fleet.server import FleetServer
+    from fleet.settings import Settings
+    from fleet.systemd import Watchdog
+
+log = logging.getLogger("fleet.worker")
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_APP_LOAD = 4  # as gunicorn's APP_LOAD_ERROR: the app cannot be imported
+EXIT_HUNG = 75  # EX_TEMPFAIL: every thread stuck and no watchdog to report to
+EXIT_CONFIG = 78  # EX_CONFIG: a FLEET_* setting or the inherited sockets are unusable
+
+TICK = 0.25  # seconds between housekeeping passes: watchdog, hang and drain checks
+
+USAGE = """\
+usage: fleet-worker
+
+Serve a WSGI app on the listening sockets systemd passes (LISTEN_FDS), as one
+instance of fleet-worker@.service. Run by hand, it binds FLEET_LISTEN instead.
+It is configured only by FLEET_* environment variables (/etc/default/fleet):
+
+{table}
+
+Stops gracefully on SIGTERM: no new connections, requests in flight finish.
+"""
+
+
+class AppLoadError(Exception):
+    """FLEET_APP names something that cannot be served; the message says what to set."""
+
+
+def load_app(name: str) -> Any:
+    """Import ``module:callable`` and check it is callable (like gunicorn's APP_MODULE)."""
+    import pkgutil
+
+    try:
+        app = pkgutil.resolve_name(name)
+    except ModuleNotFoundError as exc:
+        raise AppLoadError(
+            f"cannot import WSGI app {name!r}: {exc}; "
+            "set FLEET_APP to an importable module:callable (check PYTHONPATH)"
+        ) from None
+    except AttributeError:
+        module, _, attr = name.partition(":")
+        raise AppLoadError(
+            f"cannot import WSGI app {name!r}: module {module!r} has no attribute {attr!r}; "
+            "set FLEET_APP to module:callable naming your WSGI app"
+        ) from None
+    except Exception as exc:
+        log.error("importing %s failed:", name, exc_info=True)
+        raise AppLoadError(
+            f"cannot import WSGI app {name!r}: importing it raised {type(exc).__name__}: {exc}"
+        ) from None
+    if not callable(app):
+        raise AppLoadError(
+            f"WSGI app {name!r} is a {type(app).__name__}, not a callable; "
+            "set FLEET_APP to the WSGI callable itself, e.g. myproject.wsgi:application"
+        )
+    return app
+
+
+class BootFailures:
+    """Counts a unit's consecutive failed boots, so each retry waits longer.
+
+    systemd 252 restarts at a fixed RestartSec= (no RestartSteps= yet), and a
+    start limit would fail the shared socket itself. So the worker paces its
+    own retries: the count lives in the unit's RuntimeDirectory=, which
+    survives automatic restarts (RuntimeDirectoryPreserve=restart) and is
+    wiped by a stop, so ``fleetctl restart`` starts afresh.
+    """
+
+    FREE_TRIES = 3
+    MAX_DELAY = 30.0
+
+    def __init__(self, directory: str | None) -> None:
+        self.path = Path(directory) / "boot-failures" if directory else None
+
+    def count(self) -> int:
+        try:
+            return int(self.path.read_text()) if self.path else 0
+        except (OSError, ValueError):
+            return 0
+
+    def record(self) -> float:
+        """Count one more failure; return how long to wait before exiting."""
+        failures = self.count() + 1
+        if self.path:
+            try:
+                self.path.write_text(str(failures))
+            except OSError:
+                pass
+        if not self.path or failures <= self.FREE_TRIES:
+            return 0.0
+        return min(self.MAX_DELAY, 2.0 ** (failures - self.FREE_TRIES))
+
+    def clear(self) -> None:
+        if self.path:
+            self.path.unlink(missing_ok=True)
+
+
+def _boot_failed(message: str, code: int) -> int:
+    """Report a failure to start, back off, and return the exit code."""
+    from fleet import systemd
+
+    log.error("%s", message)
+    systemd.notify(STATUS=f"failed: {message}")
+    failures = BootFailures(os.environ.get("RUNTIME_DIRECTORY"))
+    delay = failures.record()
+    if delay:
+        log.info("retrying in %.0fs (failed %d times in a row)", delay, failures.count())
+        watchdog = systemd.Watchdog()
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0:
+            watchdog.tick(healthy=True)
+            time.sleep(min(left, 1.0))
+    return code
+
+
+class Worker:
+    """The serving loop: housekeeping between waitress poll passes."""
+
+    def __init__(self, server: FleetServer, settings: Settings, watchdog: Watchdog) -> None:
+        self.server = server
+        self.settings = settings
+        self.watchdog = watchdog
+        self.stop_reason: str | None = None
+        self.hung = False
+        self.deadline = 0.0
+        self.drain_started = 0.0
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # NOTE: only record; the loop acts (a handler may run mid-I/O).
+        self.stop_reason = signal.Signals(signum).name
+
+    def run(self) -> int:
+        from fleet import systemd
+
+        server, settings = self.server, self.settings
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        if settings.max_requests:
+            server.recycle_limit = settings.max_requests + random.randint(0, settings.max_requests_jitter)
+        server.start_accepting()
+        status = f"serving {' '.join(server.addresses)} with {settings.threads} threads"
+        systemd.notify(READY=1, STATUS=status)
+        log.info("ready: %s (pid %d, app %s)", status, os.getpid(), settings.app)
+        BootFailures(os.environ.get("RUNTIME_DIRECTORY")).clear()
+
+        next_check = 0.0
+        while True:
+            server.poll(TICK)
+            now = time.monotonic()
+            if not server.draining:
+                if self.stop_reason:
+                    self.begin_drain(f"{self.stop_reason} received")
+                elif server.recycle_requested:
+                    self.begin_drain(f"recycling after {server.requests_done} requests (FLEET_MAX_REQUESTS)")
+            if now < next_check and not server.draining:
+                continue
+            next_check = now + TICK
+            self.check_health(now)
+            if server.draining:
+                if server.close_idle() == 0:
+                    log.info("stopped: drained in %.2fs", time.monotonic() - self.drain_started)
+                    break
+                if now >= self.deadline:
+                    cut = server.close_all()
+                    log.warning(
+                        "stopped: FLEET_GRACEFUL_TIMEOUT (%gs) passed; closed %d connections "
+                        "with requests in flight", settings.graceful_timeout, cut,
+                    )
+                    break
+        server.shutdown()
+        return EXIT_OK
+
+    def begin_drain(self, reason: str) -> None:
+        from fleet import systemd
+
+        self.server.stop_accepting()
+        self.server.draining = True
+        self.drain_started = time.monotonic()
+        self.deadline = self.drain_started + self.settings.graceful_timeout
+        log.info("draining: %s; no new connections, finishing requests in flight", reason)
+        systemd.notify(
+            STOPPING=1,
+            STATUS=f"draining: {reason}",
+            # NOTE: FLEET_GRACEFUL_TIMEOUT may exceed the unit's TimeoutStopSec=.
+            EXTEND_TIMEOUT_USEC=int((self.settings.graceful_timeout + 5) * 1e6),
+        )
+
+    def check_health(self, now: float) -> None:
+        """Detect a hung worker and a worker over its memory limit; ping the watchdog if neither."""
+        server, settings = self.server, self.settings
+        if settings.timeout:
+            stuck = server.stuck_threads(settings.timeout, now)
+            hung = stuck >= settings.threads
+            if hung and not self.hung:
+                self._report_hang(stuck)
+            elif self.hung and not hung:
+                log.warning("recovered: threads are free again")
+                if not server.draining:
+                    server.start_accepting()
+            self.hung = hung
+        if settings.max_rss and not server.draining:
+            rss = resident_bytes()
+            if rss > settings.max_rss:
+                self.begin_drain(
+                    f"recycling at {rss >> 20} MiB resident, over FLEET_MAX_RSS {settings.max_rss >> 20} MiB"
+                )
+        self.watchdog.tick(healthy=not self.hung, now=now)
+
+    def _report_hang(self, stuck: int) -> None:
+        from fleet import systemd
+
+        message = (
+            f"hung: all {stuck} threads stuck on requests for over {self.settings.timeout:g}s "
+            "(FLEET_TIMEOUT)"
+        )
+        # Leave new connections to the siblings while stuck.
+        self.server.stop_accepting()
+        systemd.notify(STATUS=message)
+        if self.watchdog.enabled:
+            log.error("%s; stopping watchdog pings so systemd replaces this worker", message)
+            return
+        log.error("%s; no watchdog (WatchdogSec=) to report to, so exiting", message)
+        faulthandler.dump_traceback(all_threads=True)
+        os._exit(EXIT_HUNG)
+
+
+def resident_bytes() -> int:
+    """This process's resident memory, from /proc/self/statm."""
+    with open("/proc/self/statm", "rb") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one worker; returns the exit status."""
+    args = sys.argv[1:] if argv is None else argv
+    if args in (["-h"], ["--help"]):
+        from fleet.settings import markdown_table
+
+        print(USAGE.format(table=markdown_table()))
+        return EXIT_OK
+    if args == ["--version"]:
+        from fleet import __version__
+
+        print(f"fleet-worker {__version__}")
+        return EXIT_OK
+
+    from fleet import log as logs
+
+    instance = os.environ.get("FLEET_INSTANCE") or "0"
+    logs.setup("info", instance)
+    if args:
+        log.error("fleet-worker takes no arguments, got %r; configure it with FLEET_* variables "
+                  "(fleet-worker --help lists them)", " ".join(args))
+        return EXIT_USAGE
+    # NOTE: a stuck or crashing worker prints every thread's stack to the
+    # journal, on SIGABRT from the watchdog too.
+    faulthandler.enable()
+    try:
+        from fleet import cpus, systemd
+        from fleet.health import HealthCheck
+        from fleet.server import FleetServer, bind
+        from fleet.settings import Settings, SettingsError
+    except ImportError as exc:
+        return _boot_failed(f"fleet cannot start: {exc}; reinstall fleet and its dependencies "
+                            "(falcon, waitress, python3-systemd)", EXIT_CONFIG)
+    try:
+        settings = Settings.from_env(os.environ)
+    except SettingsError as exc:
+        return _boot_failed(f"{exc} (set in /etc/default/fleet or the unit's Environment=)", EXIT_CONFIG)
+    logs.setup(settings.log_level, settings.instance)
+
+    try:
+        app = load_app(settings.app)
+    except AppLoadError as exc:
+        return _boot_failed(str(exc), EXIT_APP_LOAD)
+    if settings.health_path:
+        app = HealthCheck(app, settings.health_path, settings.drain_file, settings.instance)
+
+    try:
+        sockets = systemd.inherited_sockets()
+    except systemd.InheritedSocketError as exc:
+        return _boot_failed(str(exc), EXIT_CONFIG)
+    if not sockets:
+        try:
+            sockets = bind(settings.listen, backlog=1024)
+        except OSError as exc:
+            return _boot_failed(
+                f"cannot listen on {' '.join(settings.listen)}: {exc.strerror}; "
+                "set FLEET_LISTEN to a free address, or start fleet through systemd "
+                "(systemctl start fleet.socket)", EXIT_CONFIG)
+        log.warning("no sockets from systemd: listening on %s myself (FLEET_LISTEN)",
+                    " ".join(settings.listen))
+
+    if settings.cpu_affinity == "auto":
+        cpu = cpus.cpu_for_instance(settings.instance, cpus.affinity())
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+            log.debug("pinned to CPU %d", cpu)
+
+    server = FleetServer(app, sockets, settings)
+    return Worker(server, settings, systemd.Watchdog()).run()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
