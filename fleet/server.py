@@ -29,7 +29,7 @@ import waitress
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
-from waitress.task import WSGITask
+from waitress.task import ThreadedTaskDispatcher, WSGITask
 
 from fleet.settings import Settings
 
@@ -124,6 +124,12 @@ def bind(addresses: tuple[str, ...], backlog: int) -> list[socket.socket]:
     return result
 
 
+def _by_kind(sockets: list[socket.socket]) -> list[list[socket.socket]]:
+    unix = [s for s in sockets if s.family == socket.AF_UNIX]
+    ip = [s for s in sockets if s.family != socket.AF_UNIX]
+    return [group for group in (ip, unix) if group]
+
+
 def describe(sock: socket.socket) -> str:
     name = sock.getsockname()
     if sock.family == socket.AF_UNIX:
@@ -147,24 +153,28 @@ class FleetServer:
         self.recycle_requested = False
         self.recycle_limit = 0  # requests after which to drain and exit; 0: never
         self.addresses = [describe(s) for s in sockets]
-        # NOTE: _start=False keeps waitress from calling listen() again, which
-        # would replace the Backlog= that fleet.socket set with its own.
-        waitress.create_server(
-            app,
-            map=self.map,
-            _start=False,
-            sockets=sockets,
+        adjustments = dict(
             threads=settings.threads,
             connection_limit=settings.connection_limit,
             channel_timeout=int(max(1, settings.channel_timeout)),
             asyncore_use_poll=True,
             ident="fleet",
         )
+        self.dispatcher = ThreadedTaskDispatcher()
+        self.dispatcher.set_thread_count(settings.threads)
+        # NOTE: waitress will not mix IP and UNIX sockets in one server, so each
+        # family gets its own, sharing one event loop map and one thread pool.
+        # _start=False keeps waitress from calling listen() again, which would
+        # replace the Backlog= that fleet.socket set with its own.
+        for family_sockets in _by_kind(sockets):
+            waitress.create_server(
+                app, map=self.map, _start=False, _dispatcher=self.dispatcher,
+                sockets=family_sockets, **adjustments,
+            )
         self.listeners = [obj for obj in self.map.values() if isinstance(obj, BaseWSGIServer)]
         for listener in self.listeners:
             listener.channel_class = FleetChannel
             listener.fleet = self
-        self.dispatcher = self.listeners[0].task_dispatcher
         self.trigger = self.listeners[0].trigger
         self.signal_pipe = _SignalPipe(self.map)
 

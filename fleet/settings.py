@@ -89,10 +89,13 @@ def _listen(text: str) -> tuple[str, ...]:
     return parts
 
 
-def _path_or_empty(text: str) -> str:
+def _path_or_off(text: str) -> str:
+    """A path, or 'off' (returned as ''), since an empty value means the default."""
     text = text.strip()
-    if text and not text.startswith("/"):
-        raise ValueError("a path starting with '/', or empty to turn it off")
+    if text.lower() == "off":
+        return ""
+    if not text.startswith("/"):
+        raise ValueError("a path starting with '/', or off")
     return text
 
 
@@ -133,10 +136,10 @@ SETTINGS: tuple[Setting, ...] = (
             "spread again over all workers, new ones included (0: never)."),
     Setting("FLEET_CHANNEL_TIMEOUT", "60", _seconds,
             "Close a keep-alive connection idle for this long."),
-    Setting("FLEET_HEALTH_PATH", "/healthz", _path_or_empty,
+    Setting("FLEET_HEALTH_PATH", "/healthz", _path_or_off,
             "Path answered by fleet itself for load balancers: 200, or 503 while drained "
-            "(empty turns it off)."),
-    Setting("FLEET_DRAIN_FILE", "/run/fleet/drain", _path_or_empty,
+            "(off: the app answers it)."),
+    Setting("FLEET_DRAIN_FILE", "/run/fleet/drain", _path_or_off,
             "While this file exists the health path answers 503 (fleetctl drain creates it)."),
     Setting("FLEET_CPU_AFFINITY", "auto", _choice("auto", "none"),
             "auto: instance i runs on the i-th CPU fleet may use; none: never pin."),

@@ -167,11 +167,11 @@ class Worker:
             signal.signal(signum, self._on_signal)
         if settings.max_requests:
             server.recycle_limit = settings.max_requests + random.randint(0, settings.max_requests_jitter)
+        BootFailures(os.environ.get("RUNTIME_DIRECTORY")).clear()
         server.start_accepting()
         status = f"serving {' '.join(server.addresses)} with {settings.threads} threads"
         systemd.notify(READY=1, STATUS=status)
         log.info("ready: %s (pid %d, app %s)", status, os.getpid(), settings.app)
-        BootFailures(os.environ.get("RUNTIME_DIRECTORY")).clear()
 
         next_check = 0.0
         while True:
@@ -327,7 +327,11 @@ def main(argv: list[str] | None = None) -> int:
             os.sched_setaffinity(0, {cpu})
             log.debug("pinned to CPU %d", cpu)
 
-    server = FleetServer(app, sockets, settings)
+    try:
+        server = FleetServer(app, sockets, settings)
+    except (OSError, ValueError) as exc:
+        return _boot_failed(f"cannot serve {len(sockets)} inherited sockets: {exc}; "
+                            "check ListenStream= in fleet.socket", EXIT_CONFIG)
     return Worker(server, settings, systemd.Watchdog()).run()
 
 

@@ -1,0 +1,354 @@
+"""fleet-worker as systemd runs it: real sockets at fd 3, real sd_notify, real signals."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fleet.worker import EXIT_APP_LOAD, EXIT_CONFIG, EXIT_USAGE, BootFailures
+from tests.conftest import get
+
+
+def port_of(sock: socket.socket) -> int:
+    return int(sock.getsockname()[1])
+
+
+def test_two_workers_share_one_socket_and_stop_cleanly(listener, spawn):
+    workers = [spawn(listener, FLEET_INSTANCE=str(i)) for i in (1, 2)]
+    for w in workers:
+        ready = w.notify.wait_for("READY", "1")
+        assert "serving" in ready.get("STATUS", "")
+    seen: dict[str, int] = {}
+    for _ in range(300):
+        status, headers, body = get(port_of(listener))
+        assert (status, body) == (200, b"Hello World!")
+        assert headers["content-type"].startswith("text/plain")
+        seen[headers["x-fleet-worker"]] = seen.get(headers["x-fleet-worker"], 0) + 1
+        if len(seen) == 2:
+            break
+    assert set(seen) == {"1", "2"}, f"one socket, two workers, but only {seen} answered"
+
+    status, headers, body = get(port_of(listener), "/healthz")
+    health = json.loads(body)
+    assert status == 200 and headers["content-type"] == "application/json"
+    assert health["status"] == "ok" and health["worker"] in ("1", "2")
+    assert health["pid"] in (workers[0].pid, workers[1].pid)
+
+    for w in workers:
+        w.terminate()
+    for w in workers:
+        assert w.wait() == 0, w.stderr()
+        w.notify.wait_for("STOPPING", "1")
+
+
+def test_request_in_flight_finishes_and_new_connections_go_to_the_sibling(listener, spawn):
+    first = spawn(listener, FLEET_INSTANCE="1", FLEET_APP="tests.apps:slow")
+    first.notify.wait_for("READY", "1")
+    result: dict[str, object] = {}
+
+    def slow_request() -> None:
+        result["response"] = get(port_of(listener), "/?sleep=2")
+
+    in_flight = threading.Thread(target=slow_request)
+    in_flight.start()
+    time.sleep(0.5)  # the only worker has it now
+    second = spawn(listener, FLEET_INSTANCE="2", FLEET_APP="tests.apps:slow")
+    second.notify.wait_for("READY", "1")
+
+    first.terminate()
+    first.notify.wait_for("STOPPING", "1")
+    for _ in range(5):
+        status, headers, _ = get(port_of(listener), "/?sleep=0")
+        assert (status, headers["x-fleet-worker"]) == (200, "2")
+
+    in_flight.join(10)
+    status, headers, body = result["response"]
+    assert (status, body) == (200, b"slept 2.0")
+    assert headers["x-fleet-worker"] == "1"
+    assert headers["connection"] == "close", "the last response of a draining worker ends keep-alive"
+    assert first.wait() == 0, first.stderr()
+    assert "drained" in first.stderr()
+
+
+def test_idle_keepalive_connection_is_closed_and_busy_one_told_to_close(listener, spawn):
+    worker = spawn(listener, FLEET_INSTANCE="1")
+    worker.notify.wait_for("READY", "1")
+    idle = http.client.HTTPConnection("127.0.0.1", port_of(listener), timeout=5)
+    assert get(port_of(listener), conn=idle)[0] == 200
+    busy = http.client.HTTPConnection("127.0.0.1", port_of(listener), timeout=5)
+    assert get(port_of(listener), conn=busy)[0] == 200
+
+    worker.terminate()
+    worker.notify.wait_for("STOPPING", "1")
+    # A request on a kept-alive connection during the drain is still answered, with Connection: close.
+    status, headers, _ = get(port_of(listener), conn=busy)
+    assert status == 200 and headers["connection"] == "close"
+    assert worker.wait(5) == 0
+    # The idle connection was closed cleanly (FIN, not reset): reading gives EOF.
+    idle.sock.settimeout(2)
+    assert idle.sock.recv(10) == b""
+
+
+def test_graceful_timeout_bounds_the_drain(listener, spawn):
+    worker = spawn(listener, FLEET_APP="tests.apps:slow", FLEET_GRACEFUL_TIMEOUT="1")
+    worker.notify.wait_for("READY", "1")
+    threading.Thread(target=lambda: _swallow(lambda: get(port_of(listener), "/?sleep=30", timeout=40)),
+                     daemon=True).start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    worker.terminate()
+    assert worker.wait(10) == 0
+    assert time.monotonic() - started < 5
+    assert "FLEET_GRACEFUL_TIMEOUT" in worker.stderr()
+
+
+def _swallow(fn):
+    try:
+        fn()
+    except OSError:
+        pass
+
+
+def test_serves_several_inherited_sockets(tmp_path, listener, spawn):
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix.bind(str(tmp_path / "fleet.sock"))
+    unix.listen(16)
+    worker = spawn(listener, unix, FLEET_INSTANCE="9")
+    ready = worker.notify.wait_for("READY", "1")
+    assert f"unix:{tmp_path / 'fleet.sock'}" in ready["STATUS"]
+    assert get(port_of(listener))[2] == b"Hello World!"
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(str(tmp_path / "fleet.sock"))
+    client.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    reply = b""
+    while chunk := client.recv(4096):
+        reply += chunk
+    assert reply.startswith(b"HTTP/1.0 200") and reply.endswith(b"Hello World!")
+    assert b"X-Fleet-Worker: 9" in reply
+    worker.terminate()
+    assert worker.wait() == 0
+    unix.close()
+
+
+def test_run_by_hand_binds_fleet_listen_and_says_so(spawn, listener):
+    port = port_of(listener)
+    listener.close()  # free the port for the worker to bind itself
+    worker = spawn(notify=False, FLEET_LISTEN=f"127.0.0.1:{port}")
+    for _ in range(100):
+        try:
+            assert get(port)[2] == b"Hello World!"
+            break
+        except ConnectionRefusedError:
+            time.sleep(0.05)
+    assert f"listening on 127.0.0.1:{port} myself (FLEET_LISTEN)" in worker.stderr()
+    worker.terminate()
+    assert worker.wait() == 0
+
+
+def test_custom_app_gets_the_worker_header_and_health(listener, spawn):
+    worker = spawn(listener, FLEET_APP="tests.apps:slow", FLEET_INSTANCE="alpha")
+    worker.notify.wait_for("READY", "1")
+    status, headers, body = get(port_of(listener), "/x?sleep=0")
+    assert (status, headers["x-fleet-worker"], body) == (200, "alpha", b"slept 0.0")
+    assert json.loads(get(port_of(listener), "/healthz")[2])["worker"] == "alpha"
+
+
+def test_drain_file_turns_health_to_503_while_serving(tmp_path, listener, spawn):
+    drain = tmp_path / "drain"
+    worker = spawn(listener, FLEET_DRAIN_FILE=str(drain))
+    worker.notify.wait_for("READY", "1")
+    assert get(port_of(listener), "/healthz")[0] == 200
+    drain.touch()
+    status, _, body = get(port_of(listener), "/healthz")
+    assert status == 503 and json.loads(body)["status"] == "draining"
+    assert get(port_of(listener))[0] == 200
+    drain.unlink()
+    assert get(port_of(listener), "/healthz")[0] == 200
+
+
+def test_keepalive_connection_closes_after_max_age(listener, spawn):
+    worker = spawn(listener, FLEET_KEEPALIVE_MAX_AGE="500ms")
+    worker.notify.wait_for("READY", "1")
+    conn = http.client.HTTPConnection("127.0.0.1", port_of(listener), timeout=5)
+    assert "connection" not in get(port_of(listener), conn=conn)[1]
+    time.sleep(0.6)
+    assert get(port_of(listener), conn=conn)[1]["connection"] == "close"
+
+
+def test_max_requests_recycles_after_draining(listener, spawn):
+    worker = spawn(listener, FLEET_MAX_REQUESTS="5")
+    worker.notify.wait_for("READY", "1")
+    for _ in range(5):
+        assert get(port_of(listener))[0] == 200
+    assert worker.wait(10) == 0
+    assert "recycling after 5 requests" in worker.stderr()
+
+
+def test_hung_worker_stops_watchdog_pings(listener, spawn):
+    worker = spawn(listener, FLEET_APP="tests.apps:hang", FLEET_THREADS="1", FLEET_TIMEOUT="500ms",
+                   WATCHDOG_USEC="400000")
+    worker.notify.wait_for("READY", "1")
+    worker.notify.wait_for("WATCHDOG", "1", timeout=2)
+    threading.Thread(target=lambda: _swallow(lambda: get(port_of(listener), "/hang", timeout=30)),
+                     daemon=True).start()
+    hung = worker.notify.wait_for("STATUS", timeout=5)
+    while not hung["STATUS"].startswith("hung"):
+        worker.notify.drain(0.2)
+        hung = next((m for m in worker.notify.messages if m.get("STATUS", "").startswith("hung")), hung)
+    assert "FLEET_TIMEOUT" in hung["STATUS"]
+    after = len(worker.notify.drain(0.5))
+    worker.notify.drain(1.0)
+    assert not [m for m in worker.notify.messages[after:] if "WATCHDOG" in m], "a hung worker must stop pinging"
+    assert "stopping watchdog pings" in worker.stderr()
+
+
+def test_hung_worker_without_watchdog_exits_itself(listener, spawn):
+    worker = spawn(listener, FLEET_APP="tests.apps:hang", FLEET_THREADS="1", FLEET_TIMEOUT="300ms")
+    worker.notify.wait_for("READY", "1")
+    threading.Thread(target=lambda: _swallow(lambda: get(port_of(listener), "/hang", timeout=30)),
+                     daemon=True).start()
+    assert worker.wait(10) == 75
+    assert "no watchdog" in worker.stderr()
+
+
+def test_journal_lines_carry_syslog_priorities(tmp_path, listener, spawn):
+    # JOURNAL_STREAM names stderr's device:inode, as systemd sets it when stderr is the journal.
+    log = tmp_path / "worker-0.log"
+    log.touch()
+    st = os.stat(log)
+    worker = spawn(listener, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}", FLEET_INSTANCE="3")
+    worker.notify.wait_for("READY", "1")
+    get(port_of(listener))
+    worker.terminate()
+    assert worker.wait() == 0
+    lines = worker.stderr().splitlines()
+    assert lines and all(line[:3] in ("<6>", "<4>") for line in lines), lines
+    assert any(line.startswith("<6>worker 3: ready:") for line in lines)
+    assert not any("GET /" in line for line in lines), "no per-request log by default"
+
+
+def test_access_log_is_opt_in(listener, spawn):
+    worker = spawn(listener, FLEET_ACCESS_LOG="yes")
+    worker.notify.wait_for("READY", "1")
+    get(port_of(listener), "/nope")
+    worker.terminate()
+    assert worker.wait() == 0
+    assert '"GET /nope HTTP/1.1" 404' in worker.stderr()
+
+
+# -- every bad input: one line naming the problem and the fix, and a non-zero exit --------
+
+BAD_INPUTS = [
+    ({"FLEET_APP": "nosuchmodule_xyz:app"}, EXIT_APP_LOAD,
+     "cannot import WSGI app 'nosuchmodule_xyz:app': No module named 'nosuchmodule_xyz'; set FLEET_APP"),
+    ({"FLEET_APP": "tests.apps:missing"}, EXIT_APP_LOAD,
+     "module 'tests.apps' has no attribute 'missing'; set FLEET_APP to module:callable"),
+    ({"FLEET_APP": "tests.apps:not_callable"}, EXIT_APP_LOAD,
+     "WSGI app 'tests.apps:not_callable' is a int, not a callable"),
+    ({"FLEET_APP": "tests.apps_broken:app"}, EXIT_APP_LOAD,
+     "importing it raised RuntimeError: boom: the database URL is not set"),
+    ({"FLEET_APP": "just-a-name"}, EXIT_CONFIG,
+     "FLEET_APP must be module:callable, for example myproject.wsgi:application, got 'just-a-name'"),
+    ({"FLEET_THREADS": "0"}, EXIT_CONFIG, "FLEET_THREADS must be a whole number from 1 to 1024, got '0'"),
+    ({"FLEET_THREADS": "four"}, EXIT_CONFIG, "FLEET_THREADS must be a whole number from 1 to 1024, got 'four'"),
+    ({"FLEET_GRACEFUL_TIMEOUT": "soon"}, EXIT_CONFIG, "FLEET_GRACEFUL_TIMEOUT must be a number of seconds"),
+    ({"FLEET_MAX_RSS": "12Q"}, EXIT_CONFIG, "FLEET_MAX_RSS must be a size such as 512M"),
+    ({"FLEET_LOG_LEVEL": "loud"}, EXIT_CONFIG, "FLEET_LOG_LEVEL must be debug or info or warning or error"),
+    ({"FLEET_ACCESS_LOG": "maybe"}, EXIT_CONFIG, "FLEET_ACCESS_LOG must be yes or no, got 'maybe'"),
+    ({"FLEET_HEALTH_PATH": "healthz"}, EXIT_CONFIG, "FLEET_HEALTH_PATH must be a path starting with '/', or off, got 'healthz'"),
+    ({"FLEET_CPU_AFFINITY": "3"}, EXIT_CONFIG, "FLEET_CPU_AFFINITY must be auto or none, got '3'"),
+]
+
+
+@pytest.mark.parametrize(("env", "code", "message"), BAD_INPUTS, ids=[next(iter(e)) + "=" + next(iter(e.values())) for e, _, _ in BAD_INPUTS])
+def test_bad_input_is_one_clear_line_and_an_exit_code(listener, spawn, env, code, message):
+    worker = spawn(listener, **env)
+    assert worker.wait() == code
+    last = worker.stderr().strip().splitlines()[-1]
+    assert message in last, last
+    assert worker.notify.wait_for("STATUS")["STATUS"].startswith("failed: ")
+
+
+def test_bad_listen_address_by_hand(spawn):
+    worker = spawn(notify=False, FLEET_LISTEN="localhost")
+    assert worker.wait() == EXIT_CONFIG
+    assert "FLEET_LISTEN must be HOST:PORT" in worker.stderr()
+
+
+def test_busy_listen_address_by_hand(spawn, listener):
+    worker = spawn(notify=False, FLEET_LISTEN=f"127.0.0.1:{port_of(listener)}")
+    assert worker.wait() == EXIT_CONFIG
+    assert "cannot listen on 127.0.0.1:" in worker.stderr() and "set FLEET_LISTEN to a free address" in worker.stderr()
+
+
+def test_arguments_are_refused(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.run([sys.executable, "-m", "fleet.worker", "--port", "80"], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == EXIT_USAGE
+    assert "fleet-worker takes no arguments" in proc.stderr and "FLEET_*" in proc.stderr
+
+
+def test_inherited_fd_that_is_not_listening_is_refused(spawn):
+    a, b = socket.socketpair()
+    worker = spawn(a)
+    assert worker.wait() == EXIT_CONFIG
+    assert "not listening; fleet.socket must not set Accept=yes" in worker.stderr()
+    a.close()
+    b.close()
+
+
+def test_boot_failures_back_off_and_reset(tmp_path):
+    failures = BootFailures(str(tmp_path))
+    delays = [failures.record() for _ in range(9)]
+    assert delays == [0, 0, 0, 2, 4, 8, 16, 30, 30]
+    failures.clear()
+    assert failures.count() == 0 and failures.record() == 0
+    assert BootFailures(None).record() == 0  # by hand: no back-off
+
+
+def test_failed_boot_is_counted_in_the_runtime_directory(tmp_path, listener, spawn):
+    for expected in (1, 2):
+        worker = spawn(listener, FLEET_APP="nosuch:app", RUNTIME_DIRECTORY=str(tmp_path))
+        assert worker.wait() == EXIT_APP_LOAD
+        assert (tmp_path / "boot-failures").read_text() == str(expected)
+    worker = spawn(listener, RUNTIME_DIRECTORY=str(tmp_path))
+    worker.notify.wait_for("READY", "1")
+    assert not (tmp_path / "boot-failures").exists(), "a good start resets the back-off"
+
+
+def test_worker_pins_itself_to_its_cpu(listener, spawn):
+    cpus = sorted(os.sched_getaffinity(0))
+    worker = spawn(listener, FLEET_INSTANCE="1")
+    worker.notify.wait_for("READY", "1")
+    assert os.sched_getaffinity(worker.pid) == {cpus[0]}
+    beyond = spawn(listener, FLEET_INSTANCE=str(len(cpus) + 1))
+    beyond.notify.wait_for("READY", "1")
+    assert os.sched_getaffinity(beyond.pid) == set(cpus), "instances past the CPU count run unpinned"
+
+
+def test_help_lists_every_setting(capsys):
+    from fleet.settings import SETTINGS
+    from fleet.worker import main
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(s.env in out for s in SETTINGS)
+
+
+def test_worker_header_survives_path_mismatch(listener, spawn, tmp_path: Path):
+    worker = spawn(listener, FLEET_HEALTH_PATH="off")
+    worker.notify.wait_for("READY", "1")
+    status, headers, _ = get(port_of(listener), "/healthz")
+    assert status == 404 and headers["x-fleet-worker"] == "0", "health path turned off: the app answers"
