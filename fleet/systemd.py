@@ -66,6 +66,16 @@ class Watchdog:
     def enabled(self) -> bool:
         return self.interval > 0
 
+    def trigger(self) -> bool:
+        """Ask systemd to act now as if pings had stopped (WATCHDOG=trigger, systemd >= 246).
+
+        Works even without WatchdogSec=; returns False outside systemd.
+        """
+        if "NOTIFY_SOCKET" not in os.environ:
+            return False
+        notify(WATCHDOG="trigger")
+        return True
+
     def tick(self, healthy: bool, now: float | None = None) -> None:
         """Ping systemd if one is due and ``healthy``; call this often."""
         if not self.enabled or not healthy:

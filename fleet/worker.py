@@ -246,10 +246,10 @@ class Worker:
         # Leave new connections to the siblings while stuck.
         self.server.stop_accepting()
         systemd.notify(STATUS=message)
-        if self.watchdog.enabled:
-            log.error("%s; stopping watchdog pings so systemd replaces this worker", message)
+        if self.watchdog.trigger():
+            log.error("%s; stopping watchdog pings and asking systemd to replace this worker", message)
             return
-        log.error("%s; no watchdog (WatchdogSec=) to report to, so exiting", message)
+        log.error("%s; no systemd to report to, so exiting", message)
         faulthandler.dump_traceback(all_threads=True)
         os._exit(EXIT_HUNG)
 
