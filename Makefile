@@ -4,11 +4,12 @@ PY      ?= /usr/bin/python3
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 DEB     := dist/fleet_$(VERSION)_all.deb
 
-.PHONY: help deps check unit e2e pypi deb install try try-stop bench
+.PHONY: help deps check lint unit e2e pypi deb install try try-stop bench
 
 help:
 	@echo "make install   build the .deb and apt-install it (Debian 12 with systemd, as root)"
 	@echo "make check     install test dependencies, then run every test (as root)"
+	@echo "make lint      ruff and mypy (strict)"
 	@echo "make unit      unit tests only, with Debian's packages"
 	@echo "make e2e       end-to-end tests in a throwaway systemd container"
 	@echo "make deb       build $(DEB)"
@@ -19,8 +20,13 @@ deps:
 	packaging/install-deps
 
 check: deps
-	$(PY) -m pytest -p no:cacheprovider tests
+	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory pypi
+	$(PY) -m pytest -p no:cacheprovider tests
+
+lint:
+	build/pypi-venv/bin/ruff check fleet tests bench
+	build/pypi-venv/bin/mypy fleet
 
 unit:
 	$(PY) -m pytest -p no:cacheprovider -m "not e2e" tests

@@ -46,7 +46,7 @@ def _bytes(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+)\s*([KMG]?)\s*", text.upper())
     if not m:
         raise ValueError("a size such as 512M, 2G or 0 for no limit")
-    return int(m.group(1)) * 1024 ** "_KMG".index(m.group(2) or "_")
+    return int(m.group(1)) * int(1024 ** "_KMG".index(m.group(2) or "_"))
 
 
 def _boolean(text: str) -> bool:

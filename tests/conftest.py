@@ -46,7 +46,9 @@ class NotifySocket:
             seen = len(self.messages)
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(f"no {key}={value or '*'} from the worker in {timeout}s: {self.messages}")
+                raise AssertionError(
+                    f"no {key}={value or '*'} from the worker in {timeout}s: {self.messages}"
+                )
             self._read(left)
 
     def drain(self, timeout: float = 0.0) -> list[dict[str, str]]:
@@ -63,7 +65,8 @@ class WorkerProcess:
 
     def __init__(self, sockets: list[socket.socket], notify: NotifySocket | None, env: dict[str, str],
                  stderr_path: Path) -> None:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "LISTEN_", "NOTIFY_", "WATCHDOG_", "JOURNAL_"))}
+        inherited = ("FLEET_", "LISTEN_", "NOTIFY_", "WATCHDOG_", "JOURNAL_")
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(inherited)}
         full_env["PYTHONPATH"] = str(ROOT)
         if sockets:
             full_env["LISTEN_FDS"] = str(len(sockets))
@@ -105,7 +108,9 @@ class WorkerProcess:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"worker {self.pid} still running after {timeout}s:\n{self.stderr()}") from None
+            raise AssertionError(
+                f"worker {self.pid} still running after {timeout}s:\n{self.stderr()}"
+            ) from None
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -27,8 +27,8 @@ def test_systemd_analyze_verify_finds_nothing_but_the_missing_install():
     # NOTE: the installed package is verified with no output at all in the e2e
     # suite; here, the binaries and man pages it ships are not installed.
     proc = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", *(str(UNITS / n) for n in
-                                                    ("fleet.socket", "fleet.service", "fleet-worker@.service"))],
+        ["systemd-analyze", "verify", "--man=no",
+         *(str(UNITS / n) for n in ("fleet.socket", "fleet.service", "fleet-worker@.service"))],
         capture_output=True, text=True,
     )
     complaints = [line for line in proc.stderr.splitlines()

@@ -262,17 +262,20 @@ BAD_INPUTS = [
     ({"FLEET_APP": "just-a-name"}, EXIT_CONFIG,
      "FLEET_APP must be module:callable, for example myproject.wsgi:application, got 'just-a-name'"),
     ({"FLEET_THREADS": "0"}, EXIT_CONFIG, "FLEET_THREADS must be a whole number from 1 to 1024, got '0'"),
-    ({"FLEET_THREADS": "four"}, EXIT_CONFIG, "FLEET_THREADS must be a whole number from 1 to 1024, got 'four'"),
+    ({"FLEET_THREADS": "four"}, EXIT_CONFIG,
+     "FLEET_THREADS must be a whole number from 1 to 1024, got 'four'"),
     ({"FLEET_GRACEFUL_TIMEOUT": "soon"}, EXIT_CONFIG, "FLEET_GRACEFUL_TIMEOUT must be a number of seconds"),
     ({"FLEET_MAX_RSS": "12Q"}, EXIT_CONFIG, "FLEET_MAX_RSS must be a size such as 512M"),
     ({"FLEET_LOG_LEVEL": "loud"}, EXIT_CONFIG, "FLEET_LOG_LEVEL must be debug or info or warning or error"),
     ({"FLEET_ACCESS_LOG": "maybe"}, EXIT_CONFIG, "FLEET_ACCESS_LOG must be yes or no, got 'maybe'"),
-    ({"FLEET_HEALTH_PATH": "healthz"}, EXIT_CONFIG, "FLEET_HEALTH_PATH must be a path starting with '/', or off, got 'healthz'"),
+    ({"FLEET_HEALTH_PATH": "healthz"}, EXIT_CONFIG,
+     "FLEET_HEALTH_PATH must be a path starting with '/', or off, got 'healthz'"),
     ({"FLEET_CPU_AFFINITY": "3"}, EXIT_CONFIG, "FLEET_CPU_AFFINITY must be auto or none, got '3'"),
 ]
 
 
-@pytest.mark.parametrize(("env", "code", "message"), BAD_INPUTS, ids=[next(iter(e)) + "=" + next(iter(e.values())) for e, _, _ in BAD_INPUTS])
+@pytest.mark.parametrize(("env", "code", "message"), BAD_INPUTS,
+                         ids=["=".join(next(iter(env.items()))) for env, _, _ in BAD_INPUTS])
 def test_bad_input_is_one_clear_line_and_an_exit_code(listener, spawn, env, code, message):
     worker = spawn(listener, **env)
     assert worker.wait() == code
@@ -290,7 +293,8 @@ def test_bad_listen_address_by_hand(spawn):
 def test_busy_listen_address_by_hand(spawn, listener):
     worker = spawn(notify=False, FLEET_LISTEN=f"127.0.0.1:{port_of(listener)}")
     assert worker.wait() == EXIT_CONFIG
-    assert "cannot listen on 127.0.0.1:" in worker.stderr() and "set FLEET_LISTEN to a free address" in worker.stderr()
+    err = worker.stderr()
+    assert "cannot listen on 127.0.0.1:" in err and "set FLEET_LISTEN to a free address" in err
 
 
 def test_arguments_are_refused(tmp_path):
