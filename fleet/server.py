@@ -175,8 +175,26 @@ class FleetServer:
         for listener in self.listeners:
             listener.channel_class = FleetChannel
             listener.fleet = self
+            listener.readable = self._gate(listener.readable)
         self.trigger = self.listeners[0].trigger
         self.signal_pipe = _SignalPipe(self.map)
+
+    def _gate(self, readable: Callable[[], bool]) -> Callable[[], bool]:
+        """Accept only while a thread is free.
+
+        waitress accepts whatever the kernel offers and queues the requests
+        behind busy threads; a worker stuck on slow requests would hoard
+        connections that an idle sibling could serve at once. Left in the
+        shared kernel queue, they go to whichever worker can take them.
+        """
+        threads = self.settings.threads
+        busy, queue = self.busy, self.dispatcher.queue
+
+        def gated() -> bool:
+            # NOTE: readable() also runs waitress's idle-connection maintenance: call it first.
+            return bool(readable()) and len(busy) + len(queue) < threads
+
+        return gated
 
     # -- called from request threads -------------------------------------------------
 

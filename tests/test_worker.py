@@ -361,3 +361,17 @@ def test_worker_header_survives_path_mismatch(listener, spawn, tmp_path: Path):
     worker.notify.wait_for("READY", "1")
     status, headers, _ = get(port_of(listener), "/healthz")
     assert status == 404 and headers["x-fleet-worker"] == "0", "health path turned off: the app answers"
+
+
+def test_busy_worker_leaves_new_connections_to_its_sibling(listener, spawn):
+    busy = spawn(listener, FLEET_INSTANCE="1", FLEET_APP="tests.apps:slow", FLEET_THREADS="1")
+    busy.notify.wait_for("READY", "1")
+    threading.Thread(target=lambda: _swallow(lambda: get(port_of(listener), "/?sleep=3")), daemon=True).start()
+    time.sleep(0.5)  # worker 1's only thread is taken
+    idle = spawn(listener, FLEET_INSTANCE="2", FLEET_APP="tests.apps:slow", FLEET_THREADS="1")
+    idle.notify.wait_for("READY", "1")
+    started = time.monotonic()
+    for _ in range(10):
+        status, headers, _ = get(port_of(listener), "/?sleep=0")
+        assert (status, headers["x-fleet-worker"]) == (200, "2")
+    assert time.monotonic() - started < 2, "none waited behind the busy worker's slow request"
