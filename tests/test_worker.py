@@ -99,8 +99,7 @@ def test_idle_keepalive_connection_is_closed_and_busy_one_told_to_close(listener
 def test_graceful_timeout_bounds_the_drain(listener, spawn):
     worker = spawn(listener, FLEET_APP="tests.apps:slow", FLEET_GRACEFUL_TIMEOUT="1")
     worker.notify.wait_for("READY", "1")
-    threading.Thread(target=lambda: _swallow(lambda: get(port_of(listener), "/?sleep=30", timeout=40)),
-                     daemon=True).start()
+    background_get(port_of(listener), "/?sleep=30", timeout=40)
     time.sleep(0.3)
     started = time.monotonic()
     worker.terminate()
@@ -109,11 +108,15 @@ def test_graceful_timeout_bounds_the_drain(listener, spawn):
     assert "FLEET_GRACEFUL_TIMEOUT" in worker.stderr()
 
 
-def _swallow(fn):
-    try:
-        fn()
-    except OSError:
-        pass
+def background_get(port: int, path: str, timeout: float = 30) -> None:
+    """Send a request from a thread and ignore its fate: the test is about the server."""
+    def send() -> None:
+        try:
+            get(port, path, timeout=timeout)
+        except OSError:
+            pass
+
+    threading.Thread(target=send, daemon=True).start()
 
 
 def test_serves_several_inherited_sockets(tmp_path, listener, spawn):
@@ -196,8 +199,7 @@ def test_hung_worker_stops_watchdog_pings(listener, spawn):
                    WATCHDOG_USEC="400000")
     worker.notify.wait_for("READY", "1")
     worker.notify.wait_for("WATCHDOG", "1", timeout=2)
-    threading.Thread(target=lambda: _swallow(lambda: get(port_of(listener), "/hang", timeout=30)),
-                     daemon=True).start()
+    background_get(port_of(listener), "/hang")
     trigger = worker.notify.wait_for("WATCHDOG", "trigger", timeout=5)
     hung = [m for m in worker.notify.messages if m.get("STATUS", "").startswith("hung: ")]
     assert hung and "FLEET_TIMEOUT" in hung[-1]["STATUS"]
@@ -217,8 +219,7 @@ def test_hung_worker_without_watchdog_exits_itself(listener, spawn):
             break
         except OSError:
             time.sleep(0.05)
-    threading.Thread(target=lambda: _swallow(lambda: get(port_of(listener), "/hang", timeout=30)),
-                     daemon=True).start()
+    background_get(port_of(listener), "/hang")
     assert worker.wait(10) == 75
     assert "no systemd to report to" in worker.stderr()
 
@@ -366,7 +367,7 @@ def test_worker_header_survives_path_mismatch(listener, spawn, tmp_path: Path):
 def test_busy_worker_leaves_new_connections_to_its_sibling(listener, spawn):
     busy = spawn(listener, FLEET_INSTANCE="1", FLEET_APP="tests.apps:slow", FLEET_THREADS="1")
     busy.notify.wait_for("READY", "1")
-    threading.Thread(target=lambda: _swallow(lambda: get(port_of(listener), "/?sleep=3")), daemon=True).start()
+    background_get(port_of(listener), "/?sleep=3")
     time.sleep(0.5)  # worker 1's only thread is taken
     idle = spawn(listener, FLEET_INSTANCE="2", FLEET_APP="tests.apps:slow", FLEET_THREADS="1")
     idle.notify.wait_for("READY", "1")
