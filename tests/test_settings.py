@@ -52,3 +52,12 @@ def test_defaults_file_lists_every_user_setting_commented_out():
 
 def test_markdown_table_has_a_row_per_setting():
     assert len(markdown_table().splitlines()) == len(SETTINGS) + 2
+
+
+@pytest.mark.source_tree
+def test_readme_settings_table_is_the_generated_one():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("<!-- settings:begin", 1)[1].split("-->", 1)[1].split("<!-- settings:end -->")[0]
+    assert block.strip() == markdown_table(), "regenerate with: python3 -m fleet.settings --markdown"
