@@ -34,6 +34,7 @@ log = logging.getLogger("fleet.worker")
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_APP_LOAD = 4  # as gunicorn's APP_LOAD_ERROR: the app cannot be imported
+EXIT_SOFTWARE = 70  # EX_SOFTWARE: an unexpected error
 EXIT_HUNG = 75  # EX_TEMPFAIL: every thread stuck and no watchdog to report to
 EXIT_CONFIG = 78  # EX_CONFIG: a FLEET_* setting or the inherited sockets are unusable
 
@@ -254,6 +255,21 @@ class Worker:
         os._exit(EXIT_HUNG)
 
 
+def _pin(instance: str) -> None:
+    """Run on the instance's own CPU; a sandbox or cpuset that forbids it only costs locality."""
+    from fleet import cpus
+
+    cpu = cpus.cpu_for_instance(instance, cpus.affinity())
+    if cpu is None:
+        return
+    try:
+        os.sched_setaffinity(0, {cpu})
+        log.debug("pinned to CPU %d", cpu)
+    except OSError as exc:
+        log.warning("cannot pin to CPU %d (%s); running unpinned (FLEET_CPU_AFFINITY=none silences this)",
+                    cpu, exc.strerror)
+
+
 def resident_bytes() -> int:
     """This process's resident memory, from /proc/self/statm."""
     with open("/proc/self/statm", "rb") as f:
@@ -262,6 +278,16 @@ def resident_bytes() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one worker; returns the exit status."""
+    try:
+        return _main(argv)
+    except Exception as exc:
+        # NOTE: whatever escapes is a bug or an environment fleet did not foresee;
+        # it still goes through the back-off, or systemd restarts it 10 times a second.
+        log.critical("unexpected error, exiting:", exc_info=True)
+        return _boot_failed(f"unexpected {type(exc).__name__}: {exc}; please report it", EXIT_SOFTWARE)
+
+
+def _main(argv: list[str] | None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args in (["-h"], ["--help"]):
         from fleet.settings import markdown_table
@@ -286,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     # journal, on SIGABRT from the watchdog too.
     faulthandler.enable()
     try:
-        from fleet import cpus, systemd
+        from fleet import systemd
         from fleet.health import HealthCheck
         from fleet.server import FleetServer, bind
         from fleet.settings import Settings, SettingsError
@@ -322,10 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                     " ".join(settings.listen))
 
     if settings.cpu_affinity == "auto":
-        cpu = cpus.cpu_for_instance(settings.instance, cpus.affinity())
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})
-            log.debug("pinned to CPU %d", cpu)
+        _pin(settings.instance)
 
     try:
         server = FleetServer(app, sockets, settings)
