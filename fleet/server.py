@@ -67,7 +67,32 @@ class FleetTask(WSGITask):  # type: ignore[misc]
 
 
 class FleetChannel(HTTPChannel):  # type: ignore[misc]
+    """A connection; counted as "fresh" from accept() until its first bytes arrive.
+
+    A fresh connection is a request about to land: the accept gate counts it,
+    or a worker could take a burst of connections in one poll pass that only
+    one of its threads is free to serve.
+    """
+
     task_class = FleetTask
+
+    def __init__(self, server: Any, sock: socket.socket, addr: Any, adj: Any, map: Any = None) -> None:
+        self._fresh = True
+        server.fleet.fresh += 1
+        super().__init__(server, sock, addr, adj, map=map)
+
+    def _settle(self) -> None:
+        if self._fresh:
+            self._fresh = False
+            self.server.fleet.fresh -= 1
+
+    def received(self, data: bytes) -> Any:
+        self._settle()
+        return super().received(data)
+
+    def handle_close(self) -> None:
+        self._settle()
+        super().handle_close()
 
 
 class _SignalPipe(wasyncore.file_dispatcher):  # type: ignore[misc]
@@ -148,6 +173,7 @@ class FleetServer:
         self.map: dict[int, Any] = {}
         self.draining = False
         self.busy: dict[int, float] = {}
+        self.fresh = 0  # connections accepted whose first bytes have not arrived yet
         self._done = itertools.count(1)
         self.requests_done = 0
         self.recycle_requested = False
@@ -192,7 +218,7 @@ class FleetServer:
 
         def gated() -> bool:
             # NOTE: readable() also runs waitress's idle-connection maintenance: call it first.
-            return bool(readable()) and len(busy) + len(queue) < threads
+            return bool(readable()) and len(busy) + len(queue) + self.fresh < threads
 
         return gated
 
