@@ -1,0 +1,121 @@
+"""Fixtures of the end-to-end suite: a cached base tree, throwaway containers, the .deb.
+
+Every test here boots systemd as PID 1 in a disposable container (see ``container.py``).
+Without root or the tools the suite is skipped with the reason, except in CI (``CI=true``),
+where a suite that silently skips would prove nothing, so it fails instead.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .container import CLEAN_PATH, Container, E2EError, ensure_base_tree, newest_deb, skip_reason
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # NOTE: also registered in pyproject.toml; repeated here for runs that only have tests/.
+    config.addinivalue_line("markers", "e2e: boots a real systemd in a throwaway container")
+    config.addinivalue_line("markers", "source_tree: needs the source checkout, not just tests/")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test under tests/e2e, before ``-m`` selects on the marks."""
+    for item in items:
+        if HERE in Path(item.path).parents:
+            item.add_marker(pytest.mark.e2e)
+            item.add_marker(pytest.mark.source_tree)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    """Attach the container's journal and console to a failed test's report."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    funcargs = getattr(item, "funcargs", {})
+    box = funcargs.get("container")
+    if report.when != "call" or not report.failed or not isinstance(box, Container):
+        return
+    if box.alive():
+        journal = box.run("journalctl", "--no-pager", "-n", "80", check=False, timeout=20)
+        report.sections.append(("container journal (last 80 lines)", journal.stdout))
+    report.sections.append((f"nspawn console ({box.log_path})", box.log_tail(40)))
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _e2e_can_run() -> None:
+    """Skip (or, in CI, fail) the whole suite when this machine cannot boot containers."""
+    if not (REPO / "units").is_dir() or not (REPO / "pyproject.toml").is_file():
+        # NOTE: the package build runs tests/ without the checkout (and as root): skip even
+        # in CI, or building the .deb would boot containers and build the .deb again.
+        pytest.skip("e2e tests need the source checkout, not just tests/")
+    reason = skip_reason()
+    if reason is None:
+        return
+    if in_ci():
+        pytest.fail(f"CI must run the e2e suite, but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def base_tree() -> Path:
+    """The cached Debian 12 root tree every container boots from (built once, ~70 s)."""
+    try:
+        return ensure_base_tree()
+    except E2EError as error:
+        pytest.fail(str(error), pytrace=False)
+
+
+@pytest.fixture
+def container(base_tree: Path) -> Iterator[Container]:
+    """A freshly booted throwaway container, discarded after the test whatever its outcome."""
+    try:
+        box = Container.boot(base=base_tree)
+    except E2EError as error:
+        pytest.fail(str(error), pytrace=False)
+    try:
+        yield box
+    finally:
+        box.stop()
+
+
+@pytest.fixture(scope="session")
+def deb() -> Path:
+    """The fleet package under test: ``$FLEET_E2E_DEB``, or what ``make deb`` builds."""
+    given = os.environ.get("FLEET_E2E_DEB")
+    if given:
+        path = Path(given).resolve()
+        if not path.is_file():
+            pytest.fail(
+                f"FLEET_E2E_DEB={given} is not a file: point it at a built .deb, "
+                "or unset it to build one with 'make deb'",
+                pytrace=False,
+            )
+        return path
+    # NOTE: a clean PATH, or pybuild picks pyenv's python3 before Debian's (see FACTS.md).
+    result = subprocess.run(
+        ["make", "-C", str(REPO), "deb"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": CLEAN_PATH},
+    )
+    if result.returncode != 0:
+        output = "\n".join((result.stdout + result.stderr).splitlines()[-40:])
+        pytest.fail(f"'make deb' failed with exit {result.returncode}:\n{output}", pytrace=False)
+    built = newest_deb(REPO / "dist")
+    if built is None:
+        pytest.fail("'make deb' succeeded but left no dist/fleet_*_all.deb", pytrace=False)
+    return built
