@@ -209,7 +209,7 @@ def defaults_file() -> str:
         if s.env in ("FLEET_INSTANCE", "FLEET_LISTEN"):
             continue  # set by the unit, or meaningless under systemd
         lines += [f"# {s.help}", f"#{s.env}={s.default}", ""]
-    return "\n".join(lines)
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def markdown_table() -> str:
@@ -222,4 +222,4 @@ def markdown_table() -> str:
 if __name__ == "__main__":  # pragma: no cover - used by the packaging
     import sys
 
-    print(markdown_table() if sys.argv[1:] == ["--markdown"] else defaults_file())
+    sys.stdout.write(markdown_table() + "\n" if sys.argv[1:] == ["--markdown"] else defaults_file())

@@ -73,3 +73,11 @@ def test_socket_is_shared_not_per_worker():
     assert socket_section.get("Accept", "no") == "no" and socket_section["ReusePort"] == "no"
     assert socket_section["TriggerLimitIntervalSec"] == "0"
     assert unit("fleet.socket")["Install"]["WantedBy"] == "sockets.target"
+
+
+def test_restarting_the_socket_restarts_the_group_not_the_reverse():
+    # systemd refuses to start a socket whose service is active, so a port
+    # change (restart fleet.socket) must take fleet.service along...
+    assert unit("fleet.service")["Unit"]["PartOf"] == "fleet.socket"
+    # ...while stopping the fleet leaves the socket listening.
+    assert "PartOf" not in unit("fleet.socket")["Unit"]
