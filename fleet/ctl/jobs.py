@@ -1,0 +1,89 @@
+"""Start and restart workers, waiting until each is ready, and learn why one was not.
+
+A worker is ``Type=notify``: ``systemctl start`` returns once it has sent
+``READY=1``, or fails as soon as the worker exits first (systemd 252 fails
+the job on the first exit even though ``Restart=always`` will try again).
+The worker's own reason is its last ``STATUS=failed: ...``, which systemd
+forgets when the next attempt starts; so while systemctl waits, the units
+are polled and the last such status kept.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from fleet.ctl import systemd
+from fleet.ctl.systemd import Call, SystemctlError
+
+POLL_SECONDS = 0.25
+
+
+class StartFailed(Exception):
+    """Some instances did not come up; ``reasons`` maps each to the best explanation found."""
+
+    def __init__(self, reasons: dict[str, str]) -> None:
+        self.reasons = reasons
+        super().__init__("; ".join(f"{systemd.short_name(i)}: {r}" for i, r in reasons.items()))
+
+
+def _wait(call: Call, instances: Sequence[str], since: float) -> None:
+    units = [systemd.unit_name(i) for i in instances]
+    statuses: dict[str, str] = {}
+    try:
+        while not call.wait(POLL_SECONDS):
+            try:
+                shown = systemd.show(units, ["StatusText"])
+            except SystemctlError:
+                continue
+            for unit, props in shown.items():
+                if props.get("StatusText", "").startswith("failed:"):
+                    statuses[unit] = props["StatusText"]
+        call.result()
+    except SystemctlError as exc:
+        failed = [u for u in exc.failed_units() if u in units] or _not_active(units)
+        reasons: dict[str, str] = {}
+        for unit in failed or units:
+            instance = systemd.instance_of(unit) or unit
+            reason = statuses.get(unit) or _status_now(unit) or systemd.last_error(unit, since)
+            reasons[instance] = reason or exc.detail
+        raise StartFailed(reasons) from None
+    except BaseException:
+        # NOTE: Ctrl-C: stop waiting, and leave the job to the caller's undo.
+        call.abandon()
+        raise
+
+
+def _not_active(units: Sequence[str]) -> list[str]:
+    try:
+        shown = systemd.show(units, ["ActiveState"])
+    except SystemctlError:
+        return list(units)
+    return [u for u in units if shown.get(u, {}).get("ActiveState") != "active"]
+
+
+def _status_now(unit: str) -> str | None:
+    try:
+        status = systemd.show([unit], ["StatusText"]).get(unit, {}).get("StatusText", "")
+    except SystemctlError:
+        return None
+    return status if status.startswith("failed:") else None
+
+
+def start(instances: Sequence[str]) -> None:
+    """Start instances together and wait until every one is ready; raise StartFailed if not."""
+    if instances:
+        since = time.time()
+        _wait(systemd.start_call([systemd.unit_name(i) for i in instances]), instances, since)
+
+
+def restart(instance: str) -> float:
+    """Restart one instance (it drains, stops, starts) and wait for READY=1; return the seconds taken."""
+    started = time.monotonic()
+    _wait(systemd.restart_call(systemd.unit_name(instance)), [instance], time.time())
+    return time.monotonic() - started
+
+
+def stop(instances: Sequence[str]) -> None:
+    """Stop instances, waiting for each to drain its requests; raise SystemctlError on failure."""
+    systemd.stop([systemd.unit_name(i) for i in instances])

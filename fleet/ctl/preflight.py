@@ -1,0 +1,52 @@
+"""What must hold before a verb runs, checked in a fixed order, each failure one clear error.
+
+The order (docs/fleetctl.md, "Preconditions"):
+
+1. the command line parses (exit 2) - checked by the parser, before this;
+2. root, for the verbs that change something (scale, restart, drain, undrain);
+3. systemd is PID 1 (``/run/systemd/system`` exists, as sd_booted(3) checks);
+4. fleet's units are installed (``systemctl cat`` finds all three).
+
+NOTE: root comes before systemd because it depends only on how fleetctl was
+called, not on the machine: the fix it asks for (sudo) is right on any
+machine, and both errors can be shown for real on a box without systemd
+(run as an unprivileged user, then as root).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Sequence
+
+from fleet.ctl import systemd
+from fleet.ctl.errors import CtlError
+from fleet.ctl.systemd import SystemctlError
+
+CHANGING = frozenset({"scale", "restart", "drain", "undrain"})
+
+
+def check(verb: str, argv: Sequence[str]) -> None:
+    """Raise CtlError for the first precondition of ``verb`` that does not hold."""
+    if verb in CHANGING and os.geteuid() != 0:
+        raise CtlError(
+            f"fleetctl {verb} needs root; run: {shlex.join(['sudo', 'fleetctl', *argv])}",
+        )
+    if not systemd.booted():
+        raise CtlError(
+            f"systemd is not running on this machine (PID 1 is {systemd.pid1_name()}); "
+            "fleet needs it to supervise workers",
+            "on a dev box, `make try` boots a throwaway container with systemd and fleet installed",
+        )
+    try:
+        missing = systemd.missing_units()
+    except SystemctlError as exc:
+        raise CtlError(
+            f"cannot ask systemd about fleet's units: {exc.detail}; check that systemd is running",
+        ) from None
+    if missing:
+        raise CtlError(
+            f"fleet's systemd units are not installed (no {', '.join(missing)}); "
+            "install the fleet package",
+            "apt install ./fleet_*.deb (make deb builds it)",
+        )

@@ -1,0 +1,281 @@
+"""What the fleet looks like right now: the socket, fleet.service and every worker instance.
+
+:func:`read` gathers it with one ``systemctl show`` for every unit (plus
+``/proc`` for CPU pinning); everything else here is pure, so ``status``
+renders and ``scale`` plans from plain values that tests can build by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fleet.ctl import config, systemd
+from fleet.ctl.errors import CtlError
+
+SOCKET_PROPS = ("ActiveState", "SubState", "Listen", "NAccepted", "NConnections")
+SERVICE_PROPS = ("ActiveState", "SubState", "Wants")
+INSTANCE_PROPS = (
+    "ActiveState", "SubState", "UnitFileState", "MainPID", "NRestarts", "StatusText",
+    "CPUUsageNSec", "MemoryCurrent", "ActiveEnterTimestampMonotonic",
+)  # fmt: skip
+
+# systemd's ActiveState values in which a unit is up or coming up. NOTE:
+# "reloading" matters: while `systemctl reload fleet` runs `fleetctl restart`,
+# fleet.service is reloading, and the fleet is still running.
+RUNNING_STATES = frozenset({"active", "activating", "reloading"})
+# NOTE: systemd prints this for an unset uint64 (UINT64_MAX), e.g. no CPU accounting.
+_UNSET = "[not set]"
+
+
+@dataclass(frozen=True)
+class Socket:
+    """fleet.socket: its state and the addresses it listens on."""
+
+    unit: str = systemd.SOCKET
+    state: str = "inactive"
+    sub_state: str = "dead"
+    listen: tuple[str, ...] = ()
+    # NOTE: systemd counts these only for Accept=yes sockets; fleet's shared
+    # Accept=no socket always reports 0. Kept for a stable --json.
+    accepted: int | None = None
+    connections: int | None = None
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One worker instance, ``fleet-worker@<instance>.service``."""
+
+    instance: str
+    state: str
+    active_state: str = "inactive"
+    sub_state: str = "dead"
+    enabled: bool = False
+    pid: int | None = None
+    restarts: int | None = None
+    cpu_seconds: float | None = None
+    memory_bytes: int | None = None
+    uptime_seconds: float | None = None
+    pinned_cpu: int | None = None
+    status: str = ""
+
+    @property
+    def unit(self) -> str:
+        return systemd.unit_name(self.instance)
+
+    @property
+    def running(self) -> bool:
+        return self.active_state in RUNNING_STATES
+
+
+@dataclass(frozen=True)
+class FleetState:
+    """Everything ``fleetctl status`` shows, and what ``scale`` and ``restart`` decide from."""
+
+    socket: Socket = field(default_factory=Socket)
+    service_state: str = "inactive"
+    drained: bool = False
+    drain_file: str = ""
+    instances: tuple[Instance, ...] = ()
+
+    @property
+    def running(self) -> bool:
+        """Whether the fleet is up: fleet.service is active (or reloading, or starting)."""
+        return self.service_state in RUNNING_STATES
+
+    @property
+    def enabled(self) -> list[str]:
+        return [i.instance for i in self.instances if i.enabled]
+
+    @property
+    def running_instances(self) -> list[str]:
+        return [i.instance for i in self.instances if i.running]
+
+    def to_json(self) -> dict[str, Any]:
+        """The documented ``fleetctl status --json`` object (docs/fleetctl.md)."""
+        s = self.socket
+        return {
+            "socket": {
+                "unit": s.unit, "state": s.state, "sub_state": s.sub_state,
+                "listen": list(s.listen), "accepted": s.accepted, "connections": s.connections,
+            },
+            "service": {"unit": systemd.SERVICE, "state": self.service_state, "running": self.running},
+            "drained": self.drained,
+            "drain_file": self.drain_file or None,
+            "instances": [
+                {
+                    "instance": i.instance, "unit": i.unit, "state": i.state,
+                    "active_state": i.active_state, "sub_state": i.sub_state,
+                    "enabled": i.enabled, "pid": i.pid, "restarts": i.restarts,
+                    "cpu_seconds": i.cpu_seconds, "memory_bytes": i.memory_bytes,
+                    "uptime_seconds": i.uptime_seconds, "pinned_cpu": i.pinned_cpu,
+                    "status": i.status,
+                }
+                for i in self.instances
+            ],
+        }  # fmt: skip
+
+
+def sort_key(instance: str) -> tuple[int, int, str]:
+    """Numeric instances in numeric order (2 before 10), then any others by name."""
+    return (0, int(instance), "") if instance.isdigit() else (1, 0, instance)
+
+
+def _int(value: str | None) -> int | None:
+    if value is None or value in ("", _UNSET):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def instance_state(active: str, sub: str, status: str) -> str:
+    """Name an instance's state for people: systemd's ActiveState, or "failing".
+
+    "failing" is an instance systemd keeps restarting: it is coming up
+    (activating) but the worker said ``STATUS=failed: ...`` before it exited, or
+    it is waiting out ``RestartSec=`` after dying (SubState auto-restart).
+
+    >>> instance_state("activating", "start", "failed: cannot import WSGI app 'x:y'")
+    'failing'
+    >>> instance_state("active", "running", "serving [::]:8000 with 4 threads")
+    'active'
+    """
+    if active == "activating" and (status.startswith("failed:") or sub == "auto-restart"):
+        return "failing"
+    return active
+
+
+def pinned_cpu(pid: int | None, proc: Path = Path("/proc")) -> int | None:
+    """The one CPU a process may run on, from ``Cpus_allowed_list``; None when it may use several."""
+    if not pid:
+        return None
+    try:
+        for line in (proc / str(pid) / "status").read_text().splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                value = line.split(":", 1)[1].strip()
+                return int(value) if value.isdigit() else None
+    except OSError:
+        pass
+    return None
+
+
+def _proc_usage(pid: int | None, proc: Path = Path("/proc")) -> tuple[float | None, int | None]:
+    """CPU seconds and resident bytes of one process, for when systemd has no cgroup accounting."""
+    if not pid:
+        return None, None
+    cpu: float | None = None
+    rss: int | None = None
+    try:
+        stat = (proc / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        # NOTE: utime and stime are fields 14 and 15 of stat(5); after the ")" they are 11 and 12.
+        cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+        rss = int((proc / str(pid) / "statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        pass
+    return cpu, rss
+
+
+def build(
+    units: Mapping[str, Mapping[str, str]],
+    *,
+    now_monotonic_usec: int,
+    drained: bool = False,
+    drain_file: str = "",
+    proc: Path | None = Path("/proc"),
+) -> FleetState:
+    """Make a FleetState from ``systemctl show`` blocks keyed by unit name.
+
+    ``proc`` is where pinning (and, without systemd accounting, CPU time and
+    memory) is read; None reads nothing, for tests built from plain data.
+    """
+    sock = units.get(systemd.SOCKET, {})
+    socket = Socket(
+        state=sock.get("ActiveState", "inactive"),
+        sub_state=sock.get("SubState", "dead"),
+        listen=tuple(
+            entry.rsplit(" (", 1)[0] for entry in sock.get("Listen", "").splitlines() if entry
+        ),
+        accepted=_int(sock.get("NAccepted")),
+        connections=_int(sock.get("NConnections")),
+    )
+    service = units.get(systemd.SERVICE, {})
+    instances = []
+    for unit, props in units.items():
+        name = systemd.instance_of(unit)
+        if name is None or props.get("LoadState", "loaded") == "not-found":
+            continue
+        active = props.get("ActiveState", "inactive")
+        enabled = props.get("UnitFileState", "") in ("enabled", "enabled-runtime")
+        # NOTE: systemd keeps a stopped unit loaded while anything refers to it;
+        # an instance neither enabled nor up is not part of the fleet.
+        if not enabled and active == "inactive":
+            continue
+        sub = props.get("SubState", "dead")
+        status = props.get("StatusText", "")
+        pid = _int(props.get("MainPID")) or None
+        cpu_ns = _int(props.get("CPUUsageNSec"))
+        memory = _int(props.get("MemoryCurrent"))
+        cpu = cpu_ns / 1e9 if cpu_ns is not None else None
+        if proc is not None and pid and (cpu is None or memory is None):
+            proc_cpu, proc_rss = _proc_usage(pid, proc)
+            cpu = cpu if cpu is not None else proc_cpu
+            memory = memory if memory is not None else proc_rss
+        entered = _int(props.get("ActiveEnterTimestampMonotonic"))
+        uptime = (
+            max(0.0, (now_monotonic_usec - entered) / 1e6)
+            if active == "active" and entered
+            else None
+        )
+        instances.append(
+            Instance(
+                instance=name,
+                state=instance_state(active, sub, status),
+                active_state=active,
+                sub_state=sub,
+                enabled=enabled,
+                pid=pid,
+                restarts=_int(props.get("NRestarts")),
+                cpu_seconds=cpu,
+                memory_bytes=memory,
+                uptime_seconds=uptime,
+                pinned_cpu=pinned_cpu(pid, proc) if proc is not None else None,
+                status=status,
+            )
+        )
+    instances.sort(key=lambda i: sort_key(i.instance))
+    return FleetState(
+        socket=socket,
+        service_state=service.get("ActiveState", "inactive"),
+        drained=drained,
+        drain_file=drain_file,
+        instances=tuple(instances),
+    )
+
+
+def read() -> FleetState:
+    """Ask systemd (one ``systemctl show``, rarely two) and /proc for the fleet's state now."""
+    props = sorted({*SOCKET_PROPS, *SERVICE_PROPS, *INSTANCE_PROPS, "LoadState"})
+    units = systemd.show([systemd.SOCKET, systemd.SERVICE, systemd.INSTANCES], props)
+    # NOTE: the glob only matches loaded units. An enabled instance is loaded as
+    # soon as fleet.service is (it Wants= it), and show just loaded fleet.service,
+    # so this second call is for the rare cold start only.
+    wanted = units.get(systemd.SERVICE, {}).get("Wants", "").split()
+    unseen = [u for u in wanted if systemd.instance_of(u) is not None and u not in units]
+    if unseen:
+        units.update(systemd.show(unseen, props))
+    try:
+        drain_file = config.drain_file()
+    except CtlError:
+        drain_file = ""  # NOTE: the workers cannot start with it; their rows say so
+    return build(
+        units,
+        now_monotonic_usec=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000,
+        drained=bool(drain_file) and os.path.exists(drain_file),
+        drain_file=drain_file,
+    )

@@ -1,0 +1,40 @@
+"""The systemctl boundary's pure parts: `systemctl show` parsing, unit names, error wording."""
+
+from __future__ import annotations
+
+from fleet.ctl import systemd
+from fleet.ctl.systemd import SystemctlError, parse_show
+
+
+def test_parse_show_splits_units_and_keeps_repeated_properties() -> None:
+    text = "Id=a.socket\nListen=[::]:80 (Stream)\nListen=/run/a (Stream)\n\nId=b.service\nStatusText=x=y\n\n"
+    assert parse_show(text) == [
+        {"Id": "a.socket", "Listen": "[::]:80 (Stream)\n/run/a (Stream)"},
+        {"Id": "b.service", "StatusText": "x=y"},
+    ]
+    assert parse_show("") == []
+
+
+def test_unit_names() -> None:
+    assert systemd.unit_name("3") == "fleet-worker@3.service"
+    assert systemd.short_name("3") == "fleet-worker@3"
+    assert systemd.instance_of("fleet-worker@12.service") == "12"
+    assert systemd.instance_of("fleet-worker@.service") is None
+    assert systemd.instance_of("fleet.service") is None
+    assert systemd.instance_of("fleet-worker@3.socket") is None
+
+
+def test_systemctl_error_keeps_the_complaint_and_names_failed_jobs() -> None:
+    stderr = (
+        "Job for fleet-worker@4.service failed because the control process exited with error code.\n"
+        'See "systemctl status fleet-worker@4.service" and "journalctl -xeu fleet-worker@4.service"'
+        " for details.\n"
+    )
+    exc = SystemctlError(["systemctl", "start", "fleet-worker@4.service"], 1, stderr)
+    assert exc.failed_units() == ["fleet-worker@4.service"]
+    assert exc.detail == (
+        "Job for fleet-worker@4.service failed because the control process exited with error code."
+    )
+    assert SystemctlError(["systemctl"], 3, "").detail == "exit status 3"
+    warning = "Warning: Stopping fleet-worker@9.service, but it can still be activated by:\n  fleet.socket\n"
+    assert SystemctlError(["systemctl"], 1, warning + "Failed: x\n").detail == "Failed: x"
