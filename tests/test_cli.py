@@ -278,3 +278,16 @@ def test_the_lock_is_exclusive_across_processes(tmp_path: Path) -> None:
     assert [p.wait(30) for p in procs] == [0, 0, 0]
     assert log.read_text() == "in\nout\n" * 15, "two held the lock at once"
     assert not (tmp_path / "lock").exists()
+
+
+@pytest.mark.source_tree
+def test_readme_shows_the_current_help() -> None:
+    """README.md quotes `fleetctl --help`; regenerate it with COLUMNS=80 when the parser changes."""
+    root = Path(__file__).resolve().parent.parent
+    help_text = subprocess.run(
+        [sys.executable, "-m", "fleet.ctl", "--help"], capture_output=True, text=True, check=True,
+        env={**os.environ, "COLUMNS": "80", "PYTHONPATH": str(root)},
+    ).stdout
+    readme = (root / "README.md").read_text()
+    quoted = readme.split("<!-- fleetctl-help:begin", 1)[1].split("```\n", 1)[1].split("\n```", 1)[0]
+    assert quoted == help_text.rstrip()
