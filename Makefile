@@ -25,7 +25,7 @@ check: deps
 	$(PY) -m pytest -p no:cacheprovider tests
 
 lint:
-	build/pypi-venv/bin/ruff check fleet tests bench
+	build/pypi-venv/bin/ruff check fleet tests $(wildcard bench)
 	build/pypi-venv/bin/mypy fleet
 
 unit:
