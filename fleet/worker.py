@@ -87,60 +87,117 @@ def load_app(name: str) -> Any:
     return app
 
 
-class BootFailures:
-    """Counts a unit's consecutive failed boots, so each retry waits longer.
+class StartHistory:
+    """Counts a worker's starts in a row that did not last, so each further one waits longer.
 
-    systemd 252 restarts at a fixed RestartSec= (no RestartSteps= yet), and a
-    start limit would fail the shared socket itself. So the worker paces its
-    own retries: the count lives in the unit's RuntimeDirectory=, which
-    survives automatic restarts (RuntimeDirectoryPreserve=restart) and is
-    wiped by a stop, so ``fleetctl restart`` starts afresh.
+    The unit restarts at once (RestartSec=0: systemd's timer would round 100 ms
+    up to as much as 350 ms) and has no start limit, since a worker that hit it
+    would fail the shared socket too. So the worker paces itself: three quick
+    tries are free, then it waits 2, 4, 8, 16, then 30 s. A failure it can
+    name (a bad FLEET_APP or setting) waits before exiting, so the next start
+    reads the configuration afresh; a death it could not report (a segfault,
+    an OOM kill after READY) is paced at the next start instead. A start
+    counts as good once it has served STABLE_AFTER seconds or exited cleanly.
+    The files live in RuntimeDirectory=, which survives automatic restarts
+    (RuntimeDirectoryPreserve=restart) and is wiped by a stop, so
+    ``fleetctl restart`` starts afresh.
     """
 
     FREE_TRIES = 3
     MAX_DELAY = 30.0
+    STABLE_AFTER = 5.0
 
     def __init__(self, directory: str | None) -> None:
-        self.path = Path(directory) / "boot-failures" if directory else None
+        self.dir = Path(directory) if directory else None
 
-    def count(self) -> int:
+    def _read(self, name: str) -> str:
         try:
-            return int(self.path.read_text()) if self.path else 0
-        except (OSError, ValueError):
-            return 0
+            return (self.dir / name).read_text() if self.dir else ""
+        except OSError:
+            return ""
 
-    def record(self) -> float:
-        """Count one more failure; return how long to wait before exiting."""
-        failures = self.count() + 1
-        if self.path:
+    def _write(self, name: str, text: str) -> None:
+        if self.dir:
             try:
-                self.path.write_text(str(failures))
+                (self.dir / name).write_text(text)
             except OSError:
                 pass
-        if not self.path or failures <= self.FREE_TRIES:
-            return 0.0
-        return min(self.MAX_DELAY, 2.0 ** (failures - self.FREE_TRIES))
 
-    def clear(self) -> None:
-        if self.path:
-            self.path.unlink(missing_ok=True)
+    def count(self) -> int:
+        """Starts in a row, this one included, that have not yet proven good."""
+        text = self._read("starts")
+        return int(text) if text.isdigit() else 0
+
+    def _delay(self) -> float:
+        starts = self.count()
+        if not self.dir or starts <= self.FREE_TRIES:
+            return 0.0
+        return min(self.MAX_DELAY, 2.0 ** (starts - self.FREE_TRIES))
+
+    def begin(self) -> float:
+        """Record a start; return how long to wait first (0 if the last failure already waited)."""
+        self._write("starts", str(self.count() + 1))
+        if self.dir and (self.dir / "paced").exists():
+            (self.dir / "paced").unlink()
+            return 0.0
+        return self._delay()
+
+    def failed(self, message: str) -> float:
+        """Record why this start failed; return how long to wait before exiting."""
+        self._write("last-error", message)
+        self._write("paced", "")
+        return self._delay()
+
+    def last_error(self) -> str:
+        return self._read("last-error") or f"exited within {self.STABLE_AFTER:g}s of starting"
+
+    def settle(self) -> None:
+        """This start went well: the next one starts at once."""
+        if self.dir:
+            for name in ("starts", "last-error", "paced"):
+                (self.dir / name).unlink(missing_ok=True)
+
+
+def _systemd() -> Any:
+    """fleet.systemd, or None when python3-systemd itself is what fails to import."""
+    try:
+        from fleet import systemd
+    except ImportError:
+        return None
+    return systemd
+
+
+def _wait(delay: float, status: str) -> None:
+    """Sleep ``delay`` seconds with ``status`` shown in systemctl, keeping the watchdog fed."""
+    systemd = _systemd()
+    if systemd is None:
+        time.sleep(delay)
+        return
+    systemd.notify(STATUS=status)
+    watchdog = systemd.Watchdog()
+    deadline = time.monotonic() + delay
+    while (left := deadline - time.monotonic()) > 0:
+        watchdog.tick(healthy=True)
+        time.sleep(min(left, 1.0))
+
+
+def _pace(history: StartHistory) -> None:
+    """Wait before booting if the starts before this one died without a word."""
+    delay = history.begin()
+    if delay:
+        message = history.last_error()
+        log.warning("%d starts in a row did not last (last: %s); waiting %.0fs before this one",
+                    history.count() - 1, message, delay)
+        _wait(delay, f"failed: {message} (retrying in {delay:.0f}s)")
 
 
 def _boot_failed(message: str, code: int) -> int:
-    """Report a failure to start, back off, and return the exit code."""
-    from fleet import systemd
-
+    """Report a failure to start (log, systemd status), wait out the back-off, return the exit code."""
     log.error("%s", message)
-    systemd.notify(STATUS=f"failed: {message}")
-    failures = BootFailures(os.environ.get("RUNTIME_DIRECTORY"))
-    delay = failures.record()
+    delay = StartHistory(os.environ.get("RUNTIME_DIRECTORY")).failed(message)
     if delay:
-        log.info("retrying in %.0fs (failed %d times in a row)", delay, failures.count())
-        watchdog = systemd.Watchdog()
-        deadline = time.monotonic() + delay
-        while (left := deadline - time.monotonic()) > 0:
-            watchdog.tick(healthy=True)
-            time.sleep(min(left, 1.0))
+        log.info("retrying in %.0fs", delay)
+    _wait(delay, f"failed: {message}" + (f" (retrying in {delay:.0f}s)" if delay else ""))
     return code
 
 
@@ -168,7 +225,8 @@ class Worker:
             signal.signal(signum, self._on_signal)
         if settings.max_requests:
             server.recycle_limit = settings.max_requests + random.randint(0, settings.max_requests_jitter)
-        BootFailures(os.environ.get("RUNTIME_DIRECTORY")).clear()
+        history = StartHistory(os.environ.get("RUNTIME_DIRECTORY"))
+        stable_at = time.monotonic() + StartHistory.STABLE_AFTER
         server.start_accepting()
         status = f"serving {' '.join(server.addresses)} with {settings.threads} threads"
         systemd.notify(READY=1, STATUS=status)
@@ -186,6 +244,9 @@ class Worker:
             if now < next_check and not server.draining:
                 continue
             next_check = now + TICK
+            if stable_at and now >= stable_at:
+                history.settle()
+                stable_at = 0.0
             self.check_health(now)
             if server.draining:
                 if server.close_idle() == 0:
@@ -199,6 +260,7 @@ class Worker:
                     )
                     break
         server.shutdown()
+        history.settle()  # a clean exit (stop, recycling) is no crash
         return EXIT_OK
 
     def begin_drain(self, reason: str) -> None:
@@ -311,6 +373,7 @@ def _main(argv: list[str] | None) -> int:
     # NOTE: a stuck or crashing worker prints every thread's stack to the
     # journal, on SIGABRT from the watchdog too.
     faulthandler.enable()
+    _pace(StartHistory(os.environ.get("RUNTIME_DIRECTORY")))
     try:
         from fleet import systemd
         from fleet.health import HealthCheck

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.worker import EXIT_APP_LOAD, EXIT_CONFIG, EXIT_USAGE, BootFailures
+from fleet.worker import EXIT_APP_LOAD, EXIT_CONFIG, EXIT_USAGE, StartHistory
 from tests.conftest import get
 
 
@@ -324,23 +324,69 @@ def test_inherited_fd_that_is_not_listening_is_refused(spawn):
     b.close()
 
 
-def test_boot_failures_back_off_and_reset(tmp_path):
-    failures = BootFailures(str(tmp_path))
-    delays = [failures.record() for _ in range(9)]
-    assert delays == [0, 0, 0, 2, 4, 8, 16, 30, 30]
-    failures.clear()
-    assert failures.count() == 0 and failures.record() == 0
-    assert BootFailures(None).record() == 0  # by hand: no back-off
+def test_start_history_backs_off_and_settles(tmp_path):
+    history = StartHistory(str(tmp_path))
+    delays = [history.begin() for _ in range(9)]
+    assert delays == [0, 0, 0, 2, 4, 8, 16, 30, 30], "deaths without a word are paced at start"
+    assert history.last_error() == "exited within 5s of starting"
+    history.settle()
+    assert history.count() == 0 and history.begin() == 0
+    assert StartHistory(None).begin() == 0  # by hand: no back-off
 
 
-def test_failed_boot_is_counted_in_the_runtime_directory(tmp_path, listener, spawn):
-    for expected in (1, 2):
+def test_a_named_failure_waits_before_exiting_not_at_the_next_start(tmp_path):
+    history = StartHistory(str(tmp_path))
+    waits = []
+    for _ in range(5):
+        at_start = history.begin()
+        waits.append((at_start, history.failed("cannot import WSGI app 'x:y'")))
+    # Waiting before the exit lets the next start read a fixed configuration.
+    assert waits == [(0, 0), (0, 0), (0, 0), (0, 2), (0, 4)]
+    assert history.last_error() == "cannot import WSGI app 'x:y'"
+
+
+def test_failed_starts_are_counted_and_paced(tmp_path, listener, spawn):
+    for expected in (1, 2, 3):
         worker = spawn(listener, FLEET_APP="nosuch:app", RUNTIME_DIRECTORY=str(tmp_path))
         assert worker.wait() == EXIT_APP_LOAD
-        assert (tmp_path / "boot-failures").read_text() == str(expected)
+        assert (tmp_path / "starts").read_text() == str(expected)
+    # The fourth failure in a row waits 2 s before exiting, saying why.
+    started = time.monotonic()
+    worker = spawn(listener, FLEET_APP="nosuch:app", RUNTIME_DIRECTORY=str(tmp_path))
+    status = worker.notify.wait_for("STATUS")["STATUS"]
+    assert status.startswith("failed: cannot import WSGI app 'nosuch:app'")
+    assert status.endswith("(retrying in 2s)")
+    assert worker.wait() == EXIT_APP_LOAD
+    assert time.monotonic() - started >= 2
+    # Fixed: the next start goes at once, and a clean exit settles the history.
+    started = time.monotonic()
     worker = spawn(listener, RUNTIME_DIRECTORY=str(tmp_path))
     worker.notify.wait_for("READY", "1")
-    assert not (tmp_path / "boot-failures").exists(), "a good start resets the back-off"
+    assert time.monotonic() - started < 2
+    worker.terminate()
+    assert worker.wait() == 0
+    assert not (tmp_path / "starts").exists()
+
+
+def test_a_start_that_lasts_settles_the_history(tmp_path, listener, spawn):
+    (tmp_path / "starts").write_text("2")
+    worker = spawn(listener, RUNTIME_DIRECTORY=str(tmp_path))
+    worker.notify.wait_for("READY", "1")
+    assert (tmp_path / "starts").read_text() == "3", "not proven good yet"
+    deadline = time.monotonic() + StartHistory.STABLE_AFTER + 3
+    while (tmp_path / "starts").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not (tmp_path / "starts").exists(), "good after serving STABLE_AFTER seconds"
+
+
+def test_crash_after_ready_is_paced_too(tmp_path, listener, spawn):
+    (tmp_path / "starts").write_text("3")  # three starts died young
+    started = time.monotonic()
+    worker = spawn(listener, RUNTIME_DIRECTORY=str(tmp_path))
+    assert worker.notify.wait_for("STATUS")["STATUS"] == (
+        "failed: exited within 5s of starting (retrying in 2s)")
+    worker.notify.wait_for("READY", "1")
+    assert time.monotonic() - started >= 2
 
 
 def test_worker_pins_itself_to_its_cpu(listener, spawn):
