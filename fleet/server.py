@@ -41,10 +41,16 @@ access_log = logging.getLogger("fleet.access")
 # its next request on a busy connection; the response to that request would
 # carry Connection: close anyway.
 IDLE_GRACE = 0.5
+# Bodies up to this size are joined to their header for one send(); larger
+# ones are not worth the copy.
+ONE_SEND_MAX = 64 * 1024
 
 
 class FleetTask(WSGITask):  # type: ignore[misc]
     """A request: tracked while it runs, marked with the worker id, ends keep-alive if due."""
+
+    wrote_header: bool  # waitress's Task attributes that write() relies on
+    complete: bool
 
     def service(self) -> None:
         fleet: FleetServer = self.channel.server.fleet
@@ -55,6 +61,22 @@ class FleetTask(WSGITask):  # type: ignore[misc]
         finally:
             del fleet.busy[thread]
             fleet.request_done(self)
+
+    def write(self, data: bytes) -> None:
+        # NOTE: waitress sends the header and the body with a send() each: two
+        # TCP segments under TCP_NODELAY. A small body of known length handed
+        # over in one chunk (most API answers) goes out with its header in one:
+        # +8% requests/s in the bench (docs/benchmarks.md).
+        if not self.wrote_header and self.complete and data and len(data) <= ONE_SEND_MAX:
+            header = self.build_response_header()
+            self.wrote_header = True
+            length = self.content_length
+            if self.has_body and not self.chunked_response and length is not None and len(data) <= length:
+                self.content_bytes_written += len(data)
+                self.channel.write_soon(header + data)
+                return
+            self.channel.write_soon(header)
+        super().write(data)
 
     def build_response_header(self) -> Any:
         fleet: FleetServer = self.channel.server.fleet

@@ -29,3 +29,20 @@ def hang(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterabl
         _forever.wait()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
     return [b"ok"]
+
+
+def shapes(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """Answer in the shapes a response takes through waitress's write path."""
+    path = environ.get("PATH_INFO")
+    if path == "/chunked":  # no Content-Length: chunked transfer
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"one,", b"two"]
+    if path == "/big":  # over the one-send size
+        body = b"x" * (200 * 1024)
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+    if path == "/excess":  # more bytes than Content-Length: waitress cuts them
+        start_response("200 OK", [("Content-Length", "3")])
+        return [b"abcdef"]
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [b"hello"]

@@ -427,3 +427,22 @@ def test_busy_worker_leaves_new_connections_to_its_sibling(listener, spawn):
         status, headers, _ = get(port_of(listener), "/?sleep=0")
         assert (status, headers["x-fleet-worker"]) == (200, "2")
     assert time.monotonic() - started < 2, "none waited behind the busy worker's slow request"
+
+
+@pytest.mark.parametrize(("method", "path", "body", "framing"), [
+    ("GET", "/", b"hello", ("content-length", "5")),
+    ("HEAD", "/", b"", ("content-length", "5")),
+    ("GET", "/chunked", b"one,two", ("transfer-encoding", "chunked")),
+    ("GET", "/big", b"x" * (200 * 1024), ("content-length", str(200 * 1024))),
+    ("GET", "/excess", b"abc", ("content-length", "3")),
+], ids=["known-length", "head", "chunked", "big", "excess"])
+def test_response_shapes_through_the_one_send_path(listener, spawn, method, path, body, framing):
+    worker = spawn(listener, FLEET_APP="tests.apps:shapes")
+    worker.notify.wait_for("READY", "1")
+    conn = http.client.HTTPConnection("127.0.0.1", port_of(listener), timeout=5)
+    for _ in range(2):  # twice on one connection: the framing must leave it usable
+        conn.request(method, path)
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (200, body)
+        assert resp.getheader(framing[0]) == framing[1]
+        assert resp.getheader("x-fleet-worker") == "0"
