@@ -22,6 +22,7 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -171,6 +172,42 @@ def bind(addresses: tuple[str, ...], backlog: int) -> list[socket.socket]:
     return result
 
 
+class InlineDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
+    """FLEET_THREADS=0: serve each request on the event-loop thread, after the poll pass that read it.
+
+    waitress hands every request to a pool thread (a lock, a condition
+    variable, the GIL changing hands) and the thread wakes the loop back
+    through a pipe. For an app that only computes, that is overhead: inline,
+    a worker runs one request at a time, like a gunicorn sync worker that keeps
+    connections alive. A request that waits on I/O stalls every connection of
+    its worker, so this suits apps that do not wait, with one worker per CPU.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: deque[Any] = deque()
+
+    def set_thread_count(self, count: int) -> None:
+        pass  # no pool
+
+    def add_task(self, task: Any) -> None:
+        # NOTE: waitress calls this holding the channel's requests_lock, which
+        # service() takes again: queue now, run once the poll pass is over.
+        self.pending.append(task)
+
+    def run_pending(self) -> None:
+        while self.pending:
+            task = self.pending.popleft()
+            try:
+                task.service()
+            except Exception:
+                self.logger.exception("Exception when servicing %r", task)
+
+    def shutdown(self, cancel_pending: bool = True, timeout: float = 5) -> bool:
+        self.pending.clear()
+        return True
+
+
 def _by_kind(sockets: list[socket.socket]) -> list[list[socket.socket]]:
     unix = [s for s in sockets if s.family == socket.AF_UNIX]
     ip = [s for s in sockets if s.family != socket.AF_UNIX]
@@ -201,15 +238,23 @@ class FleetServer:
         self.recycle_requested = False
         self.recycle_limit = 0  # requests after which to drain and exit; 0: never
         self.addresses = [describe(s) for s in sockets]
-        adjustments = dict(
-            threads=settings.threads,
+        adjustments: dict[str, Any] = dict(
+            threads=max(1, settings.threads),
             connection_limit=settings.connection_limit,
             channel_timeout=int(max(1, settings.channel_timeout)),
             asyncore_use_poll=True,
             ident="fleet",
         )
-        self.dispatcher = ThreadedTaskDispatcher()
-        self.dispatcher.set_thread_count(settings.threads)
+        self.inline = settings.threads == 0
+        if self.inline:
+            self.dispatcher: ThreadedTaskDispatcher = InlineDispatcher()
+            # NOTE: past this much buffered output, waitress's write_soon() waits
+            # for the event loop to flush: inline, that is the loop waiting on
+            # itself. Unbounded, big bodies spill to a temporary file instead.
+            adjustments["outbuf_high_watermark"] = 2**62
+        else:
+            self.dispatcher = ThreadedTaskDispatcher()
+            self.dispatcher.set_thread_count(settings.threads)
         # NOTE: waitress will not mix IP and UNIX sockets in one server, so each
         # family gets its own, sharing one event loop map and one thread pool.
         # _start=False keeps waitress from calling listen() again, which would
@@ -224,6 +269,9 @@ class FleetServer:
             listener.channel_class = FleetChannel
             listener.fleet = self
             listener.readable = self._gate(listener.readable)
+            if self.inline:
+                # The loop polls again right after serving: no wake-up needed.
+                listener.pull_trigger = lambda: None
         self.trigger = self.listeners[0].trigger
         self.signal_pipe = _SignalPipe(self.map)
 
@@ -235,7 +283,7 @@ class FleetServer:
         connections that an idle sibling could serve at once. Left in the
         shared kernel queue, they go to whichever worker can take them.
         """
-        threads = self.settings.threads
+        threads = max(1, self.settings.threads)  # inline: one request at a time
         busy, queue = self.busy, self.dispatcher.queue
 
         def gated() -> bool:
@@ -310,6 +358,8 @@ class FleetServer:
 
     def poll(self, timeout: float) -> None:
         wasyncore.loop(timeout=timeout, map=self.map, use_poll=True, count=1)
+        if self.inline:
+            self.dispatcher.run_pending()
 
     def shutdown(self) -> None:
         self.dispatcher.shutdown(cancel_pending=True, timeout=1)

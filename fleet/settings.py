@@ -116,8 +116,9 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("FLEET_APP", DEFAULT_APP, _app_name,
             "The WSGI application to serve, as module:callable (default: fleet's Hello World app)."),
-    Setting("FLEET_THREADS", "4", _whole(1, 1024),
-            "Request threads per worker."),
+    Setting("FLEET_THREADS", "4", _whole(0, 1024),
+            "Request threads per worker; 0 serves requests on the worker's event loop, fastest for "
+            "apps that never wait on I/O (a waiting request stalls its worker's other connections)."),
     Setting("FLEET_CONNECTION_LIMIT", "100", _whole(1, 100_000),
             "Open connections per worker; past it the worker leaves new ones to its siblings."),
     Setting("FLEET_GRACEFUL_TIMEOUT", "30", _seconds,

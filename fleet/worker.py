@@ -228,7 +228,8 @@ class Worker:
         history = StartHistory(os.environ.get("RUNTIME_DIRECTORY"))
         stable_at = time.monotonic() + StartHistory.STABLE_AFTER
         server.start_accepting()
-        status = f"serving {' '.join(server.addresses)} with {settings.threads} threads"
+        threads = f"{settings.threads} threads" if settings.threads else "requests served inline"
+        status = f"serving {' '.join(server.addresses)} with {threads}"
         systemd.notify(READY=1, STATUS=status)
         log.info("ready: %s (pid %d, app %s)", status, os.getpid(), settings.app)
 
@@ -281,7 +282,9 @@ class Worker:
     def check_health(self, now: float) -> None:
         """Detect a hung worker and a worker over its memory limit; ping the watchdog if neither."""
         server, settings = self.server, self.settings
-        if settings.timeout:
+        # NOTE: inline (FLEET_THREADS=0) a stuck request blocks this loop itself,
+        # so the watchdog pings stop with no check needed.
+        if settings.timeout and settings.threads:
             stuck = server.stuck_threads(settings.timeout, now)
             hung = stuck >= settings.threads
             if hung and not self.hung:

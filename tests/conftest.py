@@ -30,7 +30,7 @@ class NotifySocket:
         self.sock.settimeout(timeout)
         try:
             data = self.sock.recv(65536).decode()
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):  # settimeout(0) means non-blocking
             return False
         self.messages.append(dict(line.split("=", 1) for line in data.splitlines() if "=" in line))
         return True
@@ -51,8 +51,10 @@ class NotifySocket:
                 )
             self._read(left)
 
-    def drain(self, timeout: float = 0.0) -> list[dict[str, str]]:
-        while self._read(timeout):
+    def drain(self, seconds: float = 0.0) -> list[dict[str, str]]:
+        """Collect what arrives during ``seconds`` (a pinging worker is never quiet)."""
+        deadline = time.monotonic() + seconds
+        while self._read(max(0.0, deadline - time.monotonic())) and time.monotonic() < deadline:
             pass
         return self.messages
 

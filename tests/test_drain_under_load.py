@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.load import Load
 
 
-def test_restarting_workers_one_by_one_under_load_loses_nothing(listener, spawn):
+@pytest.mark.parametrize("threads", ["4", "0"], ids=["thread-pool", "inline"])
+def test_restarting_workers_one_by_one_under_load_loses_nothing(listener, spawn, threads):
     port = listener.getsockname()[1]
-    workers = [spawn(listener, FLEET_INSTANCE=str(i)) for i in (1, 2)]
+    workers = [spawn(listener, FLEET_INSTANCE=str(i), FLEET_THREADS=threads) for i in (1, 2)]
     for w in workers:
         w.notify.wait_for("READY", "1")
     with Load(port, seconds=6, connections=20) as load:
@@ -20,7 +23,7 @@ def test_restarting_workers_one_by_one_under_load_loses_nothing(listener, spawn)
                 old.terminate()
                 # As systemd does: the replacement starts once the old one has gone.
                 assert old.wait(10) == 0, old.stderr()
-                workers[i] = spawn(listener, FLEET_INSTANCE=str(i + 1))
+                workers[i] = spawn(listener, FLEET_INSTANCE=str(i + 1), FLEET_THREADS=threads)
                 workers[i].notify.wait_for("READY", "1")
     result = load.result()
     assert result.failed == 0, f"{result}\n{result.output}"

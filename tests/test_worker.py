@@ -267,9 +267,9 @@ BAD_INPUTS = [
      "importing it raised RuntimeError: boom: the database URL is not set"),
     ({"FLEET_APP": "just-a-name"}, EXIT_CONFIG,
      "FLEET_APP must be module:callable, for example myproject.wsgi:application, got 'just-a-name'"),
-    ({"FLEET_THREADS": "0"}, EXIT_CONFIG, "FLEET_THREADS must be a whole number from 1 to 1024, got '0'"),
+    ({"FLEET_THREADS": "-1"}, EXIT_CONFIG, "FLEET_THREADS must be a whole number from 0 to 1024, got '-1'"),
     ({"FLEET_THREADS": "four"}, EXIT_CONFIG,
-     "FLEET_THREADS must be a whole number from 1 to 1024, got 'four'"),
+     "FLEET_THREADS must be a whole number from 0 to 1024, got 'four'"),
     ({"FLEET_GRACEFUL_TIMEOUT": "soon"}, EXIT_CONFIG, "FLEET_GRACEFUL_TIMEOUT must be a number of seconds"),
     ({"FLEET_MAX_RSS": "12Q"}, EXIT_CONFIG, "FLEET_MAX_RSS must be a size such as 512M"),
     ({"FLEET_LOG_LEVEL": "loud"}, EXIT_CONFIG, "FLEET_LOG_LEVEL must be debug or info or warning or error"),
@@ -446,3 +446,36 @@ def test_response_shapes_through_the_one_send_path(listener, spawn, method, path
         assert (resp.status, resp.read()) == (200, body)
         assert resp.getheader(framing[0]) == framing[1]
         assert resp.getheader("x-fleet-worker") == "0"
+
+
+def test_inline_mode_serves_drains_and_leaves_connections_to_a_sibling(listener, spawn):
+    busy = spawn(listener, FLEET_INSTANCE="1", FLEET_THREADS="0", FLEET_APP="tests.apps:slow")
+    assert "requests served inline" in busy.notify.wait_for("READY", "1")["STATUS"]
+    background_get(port_of(listener), "/?sleep=2")
+    time.sleep(0.5)  # worker 1's loop is inside that request
+    idle = spawn(listener, FLEET_INSTANCE="2", FLEET_THREADS="0", FLEET_APP="tests.apps:slow")
+    idle.notify.wait_for("READY", "1")
+    for _ in range(5):
+        status, headers, _ = get(port_of(listener), "/?sleep=0")
+        assert (status, headers["x-fleet-worker"]) == (200, "2")
+    idle.terminate()
+    assert idle.wait() == 0 and "drained" in idle.stderr()
+
+
+def test_inline_mode_streams_a_body_bigger_than_waitress_buffers(listener, spawn):
+    worker = spawn(listener, FLEET_THREADS="0", FLEET_APP="tests.apps:shapes")
+    worker.notify.wait_for("READY", "1")
+    status, _, body = get(port_of(listener), "/big")
+    assert status == 200 and body == b"x" * (200 * 1024)
+
+
+def test_inline_worker_stuck_in_a_request_stops_pinging(listener, spawn):
+    worker = spawn(listener, FLEET_THREADS="0", FLEET_APP="tests.apps:hang", WATCHDOG_USEC="400000")
+    worker.notify.wait_for("READY", "1")
+    worker.notify.wait_for("WATCHDOG", "1", timeout=2)
+    assert not any(m.get("STATUS", "").startswith("hung") for m in worker.notify.drain(0.5))
+    background_get(port_of(listener), "/hang")
+    time.sleep(0.3)
+    since = len(worker.notify.drain(0.2))
+    worker.notify.drain(1.0)
+    assert [m for m in worker.notify.messages[since:] if m.get("WATCHDOG") == "1"] == []
