@@ -1,0 +1,1 @@
+"""fleet's benchmark: fleet against Node cluster + Express, gunicorn and waitress (see README.md)."""

@@ -1,0 +1,28 @@
+"""Prototype: fleet's worker without the accept gate (accept whenever waitress would).
+
+The working tree's FleetServer wraps each listener's ``readable()`` so a worker
+accepts only while a thread is free. This module undoes that, to compare both
+under kill -9 (``python3 -m bench.experiments.faults``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from fleet import server
+from fleet.worker import main
+
+
+def _no_gate(self: server.FleetServer, readable: Callable[[], bool]) -> Callable[[], bool]:
+    return readable
+
+
+def install() -> None:
+    if hasattr(server.FleetServer, "_gate"):
+        server.FleetServer._gate = _no_gate  # type: ignore[method-assign]
+
+
+if __name__ == "__main__":
+    install()
+    sys.exit(main([]))

@@ -1,0 +1,122 @@
+"""Compare variants of fleet (bare) with the current worker, interleaved in the same rounds.
+
+    /usr/bin/python3 -m bench.experiments.tune threads          # FLEET_THREADS 1, 2, 4, 8
+    /usr/bin/python3 -m bench.experiments.tune inline --rounds 5
+
+Each variant is fleet-bare with other FLEET_* settings, another worker count, or a
+prototype worker module from this folder (a monkeypatch of fleet, never product code).
+Prints a Markdown table: median req/s, p99, CPU per request, and the ratio to the
+baseline measured in the same round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench import load, procs  # noqa: E402
+from bench.peers import FleetBare, usable_cpus  # noqa: E402
+from bench.report import med  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    env: dict[str, str] = field(default_factory=dict)
+    module: str = "fleet.worker"
+    workers: int = 0  # 0: one per CPU
+
+
+BASE = Variant("current worker (defaults)")
+N = usable_cpus()
+SETS: dict[str, list[Variant]] = {
+    "threads": [BASE] + [Variant(f"FLEET_THREADS={t}", {"FLEET_THREADS": str(t)}) for t in (1, 2, 8)],
+    "workers": [
+        BASE,
+        Variant(f"{2 * N} workers (2 per CPU)", workers=2 * N),
+        Variant(f"{2 * N} workers, FLEET_THREADS=1", {"FLEET_THREADS": "1"}, workers=2 * N),
+    ],
+    "affinity": [BASE, Variant("FLEET_CPU_AFFINITY=none", {"FLEET_CPU_AFFINITY": "none"})],
+    "keepalive": [
+        BASE,
+        Variant("FLEET_KEEPALIVE_MAX_AGE=0", {"FLEET_KEEPALIVE_MAX_AGE": "0"}),
+        Variant("FLEET_KEEPALIVE_MAX_AGE=10", {"FLEET_KEEPALIVE_MAX_AGE": "10"}),
+    ],
+    "limit": [
+        BASE,
+        Variant("FLEET_CONNECTION_LIMIT=10", {"FLEET_CONNECTION_LIMIT": "10"}),
+        Variant("FLEET_CONNECTION_LIMIT=1000", {"FLEET_CONNECTION_LIMIT": "1000"}),
+    ],
+    "inline": [
+        BASE,
+        Variant("FLEET_THREADS=0 (inline)", {"FLEET_THREADS": "0"}),
+        Variant(f"FLEET_THREADS=0, {2 * N} workers", {"FLEET_THREADS": "0"}, workers=2 * N),
+    ],
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench.experiments.tune", description=__doc__.split("\n\n")[0])
+    p.add_argument("set", choices=sorted(SETS), nargs="+")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--duration", type=float, default=8.0)
+    args = p.parse_args(argv)
+    variants = [BASE] + [v for s in args.set for v in SETS[s] if v != BASE]
+    logs = REPO / "bench" / "results" / ("tune-" + time.strftime("%Y%m%d-%H%M%S"))
+    logs.mkdir(parents=True, exist_ok=True)
+    results: dict[str, list[load.Measure]] = {v.name: [] for v in variants}
+    procs.stop_on_signals()
+    try:
+        for r in range(args.rounds):
+            order = variants[r % len(variants) :] + variants[: r % len(variants)]
+            for v in order:
+                peer = FleetBare(
+                    "fleet-bare",
+                    v.name,
+                    logs,
+                    fleet_env=v.env,
+                    module=v.module,
+                    workers_wanted=v.workers or N,
+                )
+                try:
+                    peer.start()
+                    m = load.measure(peer, args.duration, 2.0)
+                finally:
+                    peer.stop()
+                results[v.name].append(m)
+                print(
+                    f"round {r + 1} {v.name:40} {m.wrk.rps:9,.0f} req/s p99 {m.wrk.p99_ms:6.2f} ms "
+                    f"cpu {m.cpu_ms_per_request:.3f} other {m.other_cpu_seconds / m.wrk.seconds:.2f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    finally:
+        procs.stop_all()
+    base = results[BASE.name]
+    lines = [
+        "| variant | req/s | × current | p50 ms | p99 ms | CPU ms / req | conns per worker |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | :---: |",
+    ]
+    for v in variants:
+        ms = results[v.name]
+        ratio = med([m.wrk.rps / b.wrk.rps for m, b in zip(ms, base, strict=True)])
+        split = "/".join(map(str, sorted(ms, key=lambda m: m.wrk.rps)[len(ms) // 2].split))
+        lines.append(
+            f"| {v.name} | {med([m.wrk.rps for m in ms]):,.0f} | {ratio:.2f} "
+            f"| {med([m.wrk.p50_ms for m in ms]):.2f} | {med([m.wrk.p99_ms for m in ms]):.2f} "
+            f"| {med([m.cpu_ms_per_request for m in ms]):.3f} | {split} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    (logs / "table.md").write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
