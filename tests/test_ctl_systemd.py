@@ -24,6 +24,14 @@ def test_unit_names() -> None:
     assert systemd.instance_of("fleet-worker@3.socket") is None
 
 
+def test_a_journal_error_line_loses_the_worker_prefix_the_unit_name_repeats() -> None:
+    line = "worker 4: cannot import WSGI app 'x:y': No module named 'x'"
+    assert systemd.without_worker_prefix(line) == "cannot import WSGI app 'x:y': No module named 'x'"
+    assert systemd.without_worker_prefix("worker 0: a: b") == "a: b"
+    unprefixed = "Main process exited, code=killed"
+    assert systemd.without_worker_prefix(unprefixed) == unprefixed
+
+
 def test_systemctl_error_keeps_the_complaint_and_names_failed_jobs() -> None:
     stderr = (
         "Job for fleet-worker@4.service failed because the control process exited with error code.\n"

@@ -238,7 +238,18 @@ def last_error(unit: str, since: float) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     lines = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
-    return lines[-1] if proc.returncode == 0 and lines else None
+    return without_worker_prefix(lines[-1]) if proc.returncode == 0 and lines else None
+
+
+def without_worker_prefix(line: str) -> str:
+    """A worker's journal line without its ``worker N:`` prefix: the unit name says that already.
+
+    >>> without_worker_prefix("worker 4: cannot import WSGI app 'x:y'")
+    "cannot import WSGI app 'x:y'"
+    >>> without_worker_prefix("Main process exited, code=killed")
+    'Main process exited, code=killed'
+    """
+    return re.sub(r"^worker [^\s:]+: ", "", line, count=1)
 
 
 def exec_journalctl(units: Sequence[str], lines: int | None, follow: bool) -> NoReturn:

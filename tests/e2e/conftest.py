@@ -1,6 +1,7 @@
 """Fixtures of the end-to-end suite: a cached base tree, throwaway containers, the .deb.
 
-Every test here boots systemd as PID 1 in a disposable container (see ``container.py``).
+Every test here boots systemd as PID 1 in a disposable container (see ``container.py``);
+``fleet`` is that container with the package installed and serving (see ``fleet.py``).
 Without root or the tools the suite is skipped with the reason, except in CI (``CI=true``),
 where a suite that silently skips would prove nothing, so it fails instead.
 """
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from .container import CLEAN_PATH, Container, E2EError, ensure_base_tree, newest_deb, skip_reason
+from .fleet import Fleet, install_fleet
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -119,3 +121,11 @@ def deb() -> Path:
     if built is None:
         pytest.fail("'make deb' succeeded but left no dist/fleet_*_all.deb", pytrace=False)
     return built
+
+
+@pytest.fixture
+def fleet(container: Container, deb: Path) -> Fleet:
+    """The package installed on a free port and serving GET /, one worker per CPU (its postinst)."""
+    installed = install_fleet(container, deb)
+    installed.wait_serving()
+    return installed

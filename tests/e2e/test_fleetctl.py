@@ -12,153 +12,19 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
-import pytest
-
-from .container import Container, free_port, http_get
+from .container import Container
+from .fleet import Fleet, Traffic, every_worker_answers, instances, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-WANTS_DIR = "/etc/systemd/system/fleet.service.wants"
 NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
 
-T = TypeVar("T")
 
-
-def wait_for(probe: Callable[[], T], done: Callable[[T], bool], timeout: float, what: str) -> T:
-    """Poll ``probe`` until ``done`` accepts its value; fail naming ``what`` and the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if done(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: still {value!r} after {timeout:g} s")
-        time.sleep(0.1)
-
-
-@dataclass
-class Fleet:
-    """The package installed in ``box``, serving on ``port``."""
-
-    box: Container
-    port: int
-
-    def fleetctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.box.run("fleetctl", *args, check=check, timeout=180)
-
-    def status(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.fleetctl("status", "--json").stdout)
-        return data
-
-    def show(self, unit: str, prop: str) -> str:
-        return self.box.run("systemctl", "show", f"--property={prop}", "--value", unit).stdout.strip()
-
-    def running(self) -> set[int]:
-        out = self.box.run("systemctl", "list-units", "--plain", "--no-legend", "--state=active",
-                           "fleet-worker@*.service").stdout  # fmt: skip
-        return {int(m.group(1)) for m in re.finditer(r"^fleet-worker@(\d+)\.service", out, re.M)}
-
-    def enabled(self) -> set[int]:
-        """Instances enabled, read two ways that must agree: the symlinks and fleet.service's Wants=."""
-        links = self.box.sh(f"ls {WANTS_DIR} 2>/dev/null || true").stdout
-        on_disk = {int(n) for n in re.findall(r"^fleet-worker@(\d+)\.service$", links, re.M)}
-        wanted = self.show("fleet.service", "Wants")
-        wants = {int(n) for n in re.findall(r"fleet-worker@(\d+)\.service", wanted)}
-        assert on_disk == wants, f"symlinks {on_disk} but fleet.service wants {wants}"
-        return on_disk
-
-    def sets(self) -> tuple[set[int], set[int]]:
-        return self.enabled(), self.running()
-
-    def pid(self, instance: int) -> int:
-        return int(self.show(f"fleet-worker@{instance}.service", "MainPID"))
-
-    def pids(self) -> dict[int, int]:
-        return {i: self.pid(i) for i in sorted(self.running())}
-
-    def health(self) -> tuple[int, dict[str, Any]]:
-        status, _, body = http_get(self.port, "/healthz")
-        return status, json.loads(body)
-
-
-@pytest.fixture
-def fleet(container: Container, deb: Path) -> Iterator[Fleet]:
-    """The package installed on a free port, its workers (one per CPU) serving."""
-    port = free_port()
-    container.write_file("/etc/systemd/system/fleet.socket.d/port.conf",
-                         f"[Socket]\nListenStream=\nListenStream={port}\n")  # fmt: skip
-    container.install_deb(deb)
-    f = Fleet(container, port)
-    wait_for(lambda: _get(port, "/"), lambda s: s == 200, 30, f"GET / on port {port} after install")
-    yield f
-
-
-def _get(port: int, path: str) -> int | str:
-    try:
-        return http_get(port, path, timeout=5)[0]
-    except OSError as exc:
-        return f"{type(exc).__name__}: {exc}"
-
-
-def every_worker_answers(f: Fleet, path: str, workers: set[int], rounds: int = 50) -> dict[int, int]:
-    """GET ``path`` until every worker answered; return {worker: the statuses it gave}.
-
-    NOTE: concurrently. One request at a time on an idle fleet is accepted by the
-    same worker again and again (the shared queue wakes the last idle one), so a
-    sequential loop may never reach the others.
-    """
-    seen: dict[int, set[int]] = {}
-
-    def one(_: int) -> tuple[int, int]:
-        status, headers, body = http_get(f.port, path)
-        return int(headers.get("x-fleet-worker") or json.loads(body)["worker"]), status
-
-    with ThreadPoolExecutor(16) as pool:
-        for _ in range(rounds):
-            for worker, status in pool.map(one, range(32)):
-                seen.setdefault(worker, set()).add(status)
-            if set(seen) >= workers:
-                return {w: statuses.pop() if len(statuses) == 1 else -1 for w, statuses in seen.items()}
-    raise AssertionError(f"only workers {sorted(seen)} of {sorted(workers)} answered {path}")
-
-
-class Traffic:
-    """GET / on fresh connections in a loop, from a thread, counting what failed."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.ok = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            result = _get(self.port, "/")
-            if result == 200:
-                self.ok += 1
-            else:
-                self.failures.append(str(result))
-
-    def __enter__(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-
-def assert_one_at_a_time(f: Fleet, instances: list[int]) -> None:
+def assert_one_at_a_time(f: Fleet, order: list[str]) -> None:
     """Each worker stopped only after the one before it was ready again (systemd's timestamps)."""
-    for a, b in zip(instances, instances[1:], strict=False):
+    for a, b in zip(order, order[1:], strict=False):
         ready = int(f.show(f"fleet-worker@{a}.service", "ActiveEnterTimestampMonotonic"))
         left = int(f.show(f"fleet-worker@{b}.service", "ActiveExitTimestampMonotonic"))
         assert ready <= left, f"fleet-worker@{b} was stopped before fleet-worker@{a} was ready again"
@@ -201,7 +67,7 @@ def test_status_shows_the_socket_and_every_worker(fleet: Fleet) -> None:
     first = rows[0]
     assert first["unit"] == "fleet-worker@1.service"
     assert (first["state"], first["enabled"], first["restarts"]) == ("active", True, 0)
-    assert first["pid"] == fleet.pid(1)
+    assert first["pid"] == fleet.pid("1")
     assert first["status"].startswith("serving ")
     assert first["uptime_seconds"] is not None and first["uptime_seconds"] >= 0
     assert first["cpu_seconds"] is not None and first["memory_bytes"] is not None
@@ -223,9 +89,7 @@ def test_status_shows_the_socket_and_every_worker(fleet: Fleet) -> None:
 
 
 def test_a_worker_that_cannot_boot_is_shown_failing_with_its_error(fleet: Fleet) -> None:
-    fleet.box.write_file("/etc/systemd/system/fleet-worker@1.service.d/broken.conf",
-                         "[Service]\nEnvironment=FLEET_APP=nosuch:app\n")  # fmt: skip
-    fleet.box.run("systemctl", "daemon-reload")
+    fleet.break_worker("1", "FLEET_APP=nosuch:app")
     fleet.box.run("systemctl", "restart", "--no-block", "fleet-worker@1.service")
     # NOTE: after 3 quick failures the worker waits 2 s, 4 s... with its STATUS=failed set.
     row = wait_for(lambda: fleet.status()["instances"][0], lambda r: r["state"] == "failing", 20,
@@ -262,7 +126,7 @@ def test_scale_makes_exactly_1_to_n_enabled_and_running_and_it_lasts(fleet: Flee
         out = fleet.fleetctl("scale", arg).stdout
         assert out.splitlines() == expected_report(size, new_size), f"scale {arg}"
         size = new_size
-        want = set(range(1, size + 1))
+        want = instances(size)
         assert fleet.sets() == (want, want), f"after scale {arg}"
         fleet.box.run("systemctl", "daemon-reload")
         assert fleet.sets() == (want, want), f"after scale {arg} and daemon-reload"
@@ -302,43 +166,41 @@ def test_refusals_change_nothing(fleet: Fleet) -> None:
 def test_force_goes_past_the_cap(fleet: Fleet) -> None:
     size = 4 * fleet.box.nproc() + 1
     fleet.fleetctl("scale", str(size), "--force")
-    assert fleet.sets() == (set(range(1, size + 1)),) * 2
+    assert fleet.sets() == (instances(size),) * 2
 
 
 def test_scale_disables_and_stops_instances_outside_1_to_n(fleet: Fleet) -> None:
     fleet.fleetctl("scale", "2")
     fleet.box.run("systemctl", "enable", "--now", "fleet-worker@7.service")
     fleet.box.run("systemctl", "start", "fleet-worker@9.service")
-    assert fleet.sets() == ({1, 2, 7}, {1, 2, 7, 9})
+    assert fleet.sets() == ({"1", "2", "7"}, {"1", "2", "7", "9"})
     out = fleet.fleetctl("scale", "2").stdout.splitlines()
     assert "stopped: 9, 7" in out and "disabled: 7" in out and "kept: 1, 2" in out, out
-    assert fleet.sets() == ({1, 2}, {1, 2})
+    assert fleet.sets() == (instances(2),) * 2
 
 
 def test_with_the_fleet_stopped_scale_only_enables(fleet: Fleet) -> None:
     fleet.fleetctl("scale", "1")
     fleet.box.run("systemctl", "stop", "fleet.service")
-    assert fleet.sets() == ({1}, set())
+    assert fleet.sets() == ({"1"}, set())
     out = fleet.fleetctl("scale", "3").stdout
     assert "not running now" in out and "enabled: 2, 3" in out and "started" not in out, out
-    assert fleet.sets() == ({1, 2, 3}, set())
+    assert fleet.sets() == (instances(3), set())
     fleet.box.run("systemctl", "start", "fleet.service")
-    wait_for(fleet.sets, lambda s: s == ({1, 2, 3},) * 2, 30, "after systemctl start fleet")
+    wait_for(fleet.sets, lambda s: s == (instances(3),) * 2, 30, "after systemctl start fleet")
 
 
 def test_a_failed_scale_is_undone(fleet: Fleet) -> None:
     fleet.fleetctl("scale", "2")
     pids = fleet.pids()
-    fleet.box.write_file("/etc/systemd/system/fleet-worker@4.service.d/broken.conf",
-                         "[Service]\nEnvironment=FLEET_APP=nosuch:app\n")  # fmt: skip
-    fleet.box.run("systemctl", "daemon-reload")
+    fleet.break_worker("4", "FLEET_APP=nosuch:app")
     failed = fleet.fleetctl("scale", "4", check=False)
     assert failed.returncode == 1, failed.stdout
     first, hint = failed.stderr.splitlines()
     assert first.startswith("fleetctl: error: fleet-worker@4 failed to start: cannot import WSGI app")
     assert first.endswith("undone, so nothing changed: stopped 3, 4 and disabled 3, 4 again")
     assert hint == "hint: fleetctl logs 4 shows its journal"
-    assert fleet.sets() == ({1, 2}, {1, 2})
+    assert fleet.sets() == (instances(2),) * 2
     assert fleet.pids() == pids
 
 
@@ -358,8 +220,8 @@ def test_rolling_restart_gives_each_worker_a_new_pid_one_at_a_time(fleet: Fleet)
         assert re.fullmatch(progress, lines[n - 1]), out
     assert lines[3] == "restarted 3 workers, one at a time"
     after = fleet.pids()
-    assert set(after) == {1, 2, 3} and all(after[i] != before[i] for i in before), (before, after)
-    assert_one_at_a_time(fleet, [1, 2, 3])
+    assert set(after) == instances(3) and all(after[i] != before[i] for i in before), (before, after)
+    assert_one_at_a_time(fleet, ["1", "2", "3"])
     assert traffic.ok > 0 and traffic.failures == [], f"{traffic.ok} ok, failed: {traffic.failures[:5]}"
 
 
@@ -370,7 +232,7 @@ def test_systemctl_reload_fleet_is_the_same_rolling_restart(fleet: Fleet) -> Non
         fleet.box.run("systemctl", "reload", "fleet.service", timeout=180)
     after = fleet.pids()
     assert all(after[i] != before[i] for i in before), (before, after)
-    assert_one_at_a_time(fleet, [1, 2, 3])
+    assert_one_at_a_time(fleet, ["1", "2", "3"])
     assert traffic.failures == [], traffic.failures[:5]
     journal = fleet.box.run("journalctl", "--no-pager", "-o", "cat", "-u", "fleet.service").stdout
     assert "restarting fleet-worker@3 (3/3)... ready in" in journal, journal
@@ -387,16 +249,14 @@ def test_restart_with_the_fleet_stopped_does_nothing_and_succeeds(fleet: Fleet) 
 def test_restart_stops_at_the_first_worker_that_does_not_come_back(fleet: Fleet) -> None:
     fleet.fleetctl("scale", "3")
     before = fleet.pids()
-    fleet.box.write_file("/etc/systemd/system/fleet-worker@2.service.d/broken.conf",
-                         "[Service]\nEnvironment=FLEET_THREADS=many\n")  # fmt: skip
-    fleet.box.run("systemctl", "daemon-reload")
+    fleet.break_worker("2", "FLEET_THREADS=many")
     result = fleet.fleetctl("restart", check=False)
     assert result.returncode == 1
     assert result.stdout.splitlines()[-1] == "restarting fleet-worker@2 (2/3)... failed"
     assert result.stderr.startswith("fleetctl: error: fleet-worker@2 did not come back: FLEET_THREADS")
     assert "stopped the rolling restart; 3 not restarted" in result.stderr
-    assert fleet.pid(3) == before[3], "the roll went on past a broken worker"
-    assert fleet.pid(1) != before[1]
+    assert fleet.pid("3") == before["3"], "the roll went on past a broken worker"
+    assert fleet.pid("1") != before["1"]
 
 
 # --- logs, drain -----------------------------------------------------------------------
@@ -416,27 +276,28 @@ def test_logs_shows_one_workers_journal(fleet: Fleet) -> None:
 
 def test_drain_turns_health_to_503_on_every_worker_while_serving(fleet: Fleet) -> None:
     fleet.fleetctl("scale", "2")
-    assert every_worker_answers(fleet, "/healthz", {1, 2}) == {1: 200, 2: 200}
+    both = instances(2)
+    assert every_worker_answers(fleet, "/healthz", both) == {"1": 200, "2": 200}
     out = fleet.fleetctl("drain").stdout
     assert out.startswith("drained: created /run/fleet/drain;")
-    assert every_worker_answers(fleet, "/healthz", {1, 2}) == {1: 503, 2: 503}
-    assert every_worker_answers(fleet, "/", {1, 2}) == {1: 200, 2: 200}
+    assert every_worker_answers(fleet, "/healthz", both) == {"1": 503, "2": 503}
+    assert every_worker_answers(fleet, "/", both) == {"1": 200, "2": 200}
     assert fleet.status()["drained"] is True
     assert "drained (/run/fleet/drain exists)" in fleet.fleetctl("status").stdout
     assert "nothing changed" in fleet.fleetctl("drain").stdout
 
     fleet.fleetctl("restart")
-    assert every_worker_answers(fleet, "/healthz", {1, 2}) == {1: 503, 2: 503}, "drain outlives restarts"
+    assert every_worker_answers(fleet, "/healthz", both) == {"1": 503, "2": 503}, "drain outlives restarts"
 
     assert fleet.fleetctl("undrain").stdout.startswith("undrained: removed /run/fleet/drain;")
-    assert every_worker_answers(fleet, "/healthz", {1, 2}) == {1: 200, 2: 200}
+    assert every_worker_answers(fleet, "/healthz", both) == {"1": 200, "2": 200}
     assert fleet.status()["drained"] is False
     assert "nothing changed" in fleet.fleetctl("undrain").stdout
 
 
 def test_drain_file_follows_etc_default_fleet(fleet: Fleet) -> None:
     fleet.fleetctl("scale", "1")
-    fleet.box.sh("echo FLEET_DRAIN_FILE=/run/lb/out-of-rotation >> /etc/default/fleet")
+    fleet.configure(FLEET_DRAIN_FILE="/run/lb/out-of-rotation")
     fleet.fleetctl("restart")
     assert fleet.fleetctl("drain").stdout.startswith("drained: created /run/lb/out-of-rotation;")
     assert fleet.health()[0] == 503

@@ -36,7 +36,7 @@ def install_app(box: Container, name: str, source: str) -> None:
     box.write_file(f"{APPS}/{name}.py", source)
 
 
-def test_rolling_restart_under_load_loses_nothing(fleet: Fleet):
+def test_rolling_restart_under_load_loses_nothing(fleet: Fleet) -> None:
     before = fleet.pids()
     with Load(fleet.port, seconds=10, connections=20) as load:
         time.sleep(1.5)
@@ -53,7 +53,7 @@ def test_rolling_restart_under_load_loses_nothing(fleet: Fleet):
     print(f"\nrolling restart twice under load: {result}")
 
 
-def test_upgrade_under_load_loses_nothing(fleet: Fleet, tmp_path: Path):
+def test_upgrade_under_load_loses_nothing(fleet: Fleet, tmp_path: Path) -> None:
     proc = subprocess.run(
         [str(REPO / "packaging/build-deb"), "--version", "0.1.0+upgrade1", "--outdir", str(tmp_path)],
         capture_output=True,
@@ -96,7 +96,7 @@ print(held)
 """
 
 
-def test_kill_9_under_load_loses_at_most_the_victims_requests(fleet: Fleet):
+def test_kill_9_under_load_loses_at_most_the_victims_requests(fleet: Fleet) -> None:
     replaced_in: list[float] = []
     held_total = 0
     # NOTE: alternate victims, 3 s apart: each worker lives 6 s. A worker
@@ -147,7 +147,7 @@ def app(environ, start_response):
 """
 
 
-def test_hung_worker_is_replaced_while_siblings_serve(fleet: Fleet):
+def test_hung_worker_is_replaced_while_siblings_serve(fleet: Fleet) -> None:
     install_app(fleet.box, "hangapp", HANG_APP)
     fleet.configure(PYTHONPATH=APPS, FLEET_APP="hangapp:app", FLEET_THREADS="1", FLEET_TIMEOUT="2")
     fleet.fleetctl("restart")
@@ -187,7 +187,7 @@ def socket_state(fleet: Fleet) -> str:
     return fleet.show("fleet.socket", "ActiveState")
 
 
-def test_one_crash_looping_worker_backs_off_and_recovers(fleet: Fleet):
+def test_one_crash_looping_worker_backs_off_and_recovers(fleet: Fleet) -> None:
     dropin = fleet.break_worker("2", "FLEET_APP=nosuch_module:app")
 
     def cpu_usec() -> int:
@@ -223,11 +223,11 @@ def test_one_crash_looping_worker_backs_off_and_recovers(fleet: Fleet):
     assert "failed" not in fleet.box.run("systemctl", "is-failed", "fleet-worker@2", check=False).stdout
 
 
-def test_every_worker_crash_looping_keeps_connections_queued(fleet: Fleet):
+def test_every_worker_crash_looping_keeps_connections_queued(fleet: Fleet) -> None:
     fleet.configure(FLEET_APP="nosuch_module:app")
     fleet.box.run("systemctl", "restart", "--no-block", "fleet")
     wait_for(fleet.pids, lambda p: not p, 30, "no worker serving", every=0.05)
-    answer: dict[str, object] = {}
+    answer: dict[str, tuple[int, dict[str, str], str]] = {}
 
     def waiting_client() -> None:
         answer["response"] = http_get(fleet.port, "/", timeout=90)
@@ -239,11 +239,12 @@ def test_every_worker_crash_looping_keeps_connections_queued(fleet: Fleet):
         time.sleep(0.5)
     fleet.box.sh("sed -i '/^FLEET_APP=nosuch_module:app$/d' /etc/default/fleet")
     client.join(60)
+    assert "response" in answer, "the request queued through the outage got no answer in 60 s"
     assert answer["response"][0] == 200, "the request queued through the outage was answered"
     assert socket_state(fleet) == "active"
 
 
-def test_recycling_after_max_requests_under_load_loses_nothing(fleet: Fleet):
+def test_recycling_after_max_requests_under_load_loses_nothing(fleet: Fleet) -> None:
     fleet.configure(FLEET_MAX_REQUESTS="4000", FLEET_MAX_REQUESTS_JITTER="2000")
     fleet.fleetctl("restart")
     restarts_before = sum(i["restarts"] for i in fleet.status()["instances"])
@@ -266,7 +267,7 @@ def app(environ, start_response):
 """
 
 
-def test_memory_ceiling_recycles_a_leaking_worker_under_load(fleet: Fleet):
+def test_memory_ceiling_recycles_a_leaking_worker_under_load(fleet: Fleet) -> None:
     install_app(fleet.box, "leakapp", LEAK_APP)
     fleet.configure(PYTHONPATH=APPS, FLEET_APP="leakapp:app", FLEET_MAX_RSS="80M")
     fleet.fleetctl("restart")

@@ -11,77 +11,18 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
 from .container import CLEAN_PATH, Container, free_port, http_get
+from .fleet import Fleet, Traffic, every_worker_answers, install_fleet, instances, set_port, wait_for
 
 REPO = Path(__file__).resolve().parent.parent.parent
-DROP_IN = "/etc/systemd/system/fleet.socket.d/port.conf"
-
-T = TypeVar("T")
 
 
 # --- helpers ----------------------------------------------------------------------------
-
-
-def set_port(box: Container, port: int) -> None:
-    """Move fleet.socket to ``port``, as ``systemctl edit fleet.socket`` would."""
-    box.write_file(DROP_IN, f"[Socket]\nListenStream=\nListenStream={port}\n")
-
-
-def install(box: Container, deb: Path) -> int:
-    """Install ``deb`` on a free port; return the port."""
-    port = free_port()
-    set_port(box, port)
-    box.install_deb(deb)
-    return port
-
-
-def wait_for(probe: Callable[[], T], done: Callable[[T], bool], timeout: float, what: str) -> T:
-    """Poll ``probe`` until ``done`` accepts its value; fail naming ``what`` and the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if done(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: still {value!r} after {timeout:g} s")
-        time.sleep(0.2)
-
-
-def running_workers(box: Container) -> dict[str, int]:
-    """Return {instance: main pid} of every running fleet-worker@ unit."""
-    listing = box.run(
-        "systemctl",
-        "list-units",
-        "--type=service",
-        "--state=running",
-        "--no-legend",
-        "--plain",
-        "fleet-worker@*",
-    ).stdout
-    units = [line.split()[0] for line in listing.splitlines() if line.strip()]
-    workers = {}
-    for unit in units:
-        pid = box.run("systemctl", "show", "--property=MainPID", "--value", unit).stdout.strip()
-        workers[unit.removeprefix("fleet-worker@").removesuffix(".service")] = int(pid)
-    return workers
-
-
-def enabled_workers(box: Container) -> set[str]:
-    """Return the instances fleet.service pulls in: what ``fleetctl scale`` enabled."""
-    wants = box.run("systemctl", "show", "--property=Wants", "--value", "fleet.service").stdout
-    return {m.group(1) for m in re.finditer(r"fleet-worker@([^.\s]+)\.service", wants)}
-
-
-def unit_property(box: Container, unit: str, name: str) -> str:
-    return box.run("systemctl", "show", f"--property={name}", "--value", unit).stdout.strip()
 
 
 def get_hello(port: int, when: str, timeout: float = 10) -> dict[str, str]:
@@ -92,16 +33,6 @@ def get_hello(port: int, when: str, timeout: float = 10) -> dict[str, str]:
         raise AssertionError(f"GET / on port {port} {when}: {type(error).__name__}: {error}") from None
     assert (status, body) == (200, "Hello World!"), f"GET / on port {port} {when}: {status} {body!r}"
     return headers
-
-
-def answering_workers(port: int, expected: set[str], tries: int = 400) -> set[str]:
-    """GET / on fresh connections until every expected worker has answered; return who did."""
-    seen: set[str] = set()
-    for _ in range(tries):
-        seen.add(get_hello(port, "with every worker up").get("x-fleet-worker", "?"))
-        if seen >= expected:
-            break
-    return seen
 
 
 def listening_inodes(port: int) -> set[int]:
@@ -129,37 +60,6 @@ def refuses(port: int) -> bool:
         return True
 
 
-class Traffic:
-    """GET / in a loop on fresh connections, from a thread, recording every failure."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.ok = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                status, _, body = http_get(self.port, "/", timeout=15)
-            except OSError as error:
-                self.failures.append(f"{type(error).__name__}: {error}")
-                continue
-            if (status, body) == (200, "Hello World!"):
-                self.ok += 1
-            else:
-                self.failures.append(f"{status} {body[:80]!r}")
-
-    def __enter__(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-
 @pytest.fixture(scope="session")
 def newer_deb(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same package with a higher version, to upgrade to (built once per session)."""
@@ -178,38 +78,30 @@ def newer_deb(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return outdir / f"fleet_{version}_all.deb"
 
 
-@pytest.fixture
-def installed(container: Container, deb: Path) -> Iterator[tuple[Container, int]]:
-    """A container with the package just installed by apt; yields it and fleet's port."""
-    yield container, install(container, deb)
-
-
 # --- the tests ----------------------------------------------------------------------------
 
 
-def test_install_serves_at_once_with_one_worker_per_cpu(installed: tuple[Container, int]) -> None:
-    box, port = installed
-    get_hello(port, "right after apt install")
+def test_install_serves_at_once_with_one_worker_per_cpu(container: Container, deb: Path) -> None:
+    fleet = install_fleet(container, deb)  # NOTE: not the fleet fixture: it waits for an answer.
+    get_hello(fleet.port, "right after apt install")
 
-    cpus = box.nproc()
-    expected = {str(i) for i in range(1, cpus + 1)}
-    assert enabled_workers(box) == expected, f"fleetctl scale auto should enable one worker per CPU ({cpus})"
+    cpus = fleet.box.nproc()
+    expected = instances(cpus)
+    assert fleet.enabled() == expected, f"fleetctl scale auto should enable one worker per CPU ({cpus})"
     workers = wait_for(
-        lambda: running_workers(box),
+        fleet.pids,
         lambda w: set(w) == expected,
         30,
         f"running workers (expected {sorted(expected)})",
     )
     assert len(set(workers.values())) == cpus, f"each worker is its own process: {workers}"
 
-    seen = answering_workers(port, expected)
-    assert seen == expected, (
-        f"every worker shares the socket, but in 400 requests only {sorted(seen)} answered"
-    )
+    answers = every_worker_answers(fleet, "/", expected, body="Hello World!")
+    assert answers == dict.fromkeys(expected, 200), f"every worker shares the socket and serves: {answers}"
 
 
-def test_units_verify_cleanly_and_workers_are_sandboxed(installed: tuple[Container, int]) -> None:
-    box, _ = installed
+def test_units_verify_cleanly_and_workers_are_sandboxed(fleet: Fleet) -> None:
+    box = fleet.box
     # NOTE: verify runs `man` on every Documentation=man: link, so this also proves the
     # package's man pages are where man finds them.
     box.apt_install("man-db")
@@ -223,28 +115,26 @@ def test_units_verify_cleanly_and_workers_are_sandboxed(installed: tuple[Contain
     assert float(m.group(1)) <= 2.0, f"the worker's sandbox weakened:\n{security}"
 
 
-def test_stopping_the_fleet_keeps_the_socket_and_a_request_brings_it_back(
-    installed: tuple[Container, int],
-) -> None:
-    box, port = installed
+def test_stopping_the_fleet_keeps_the_socket_and_a_request_brings_it_back(fleet: Fleet) -> None:
+    port = fleet.port
     listening = listening_inodes(port)
     assert listening, f"nothing listens on {port} after install"
 
-    box.run("systemctl", "stop", "fleet")
-    wait_for(lambda: running_workers(box), lambda w: not w, 45, "workers after systemctl stop fleet")
-    assert unit_property(box, "fleet.socket", "ActiveState") == "active"
+    fleet.box.run("systemctl", "stop", "fleet")
+    wait_for(fleet.pids, lambda w: not w, 45, "workers after systemctl stop fleet")
+    assert fleet.show("fleet.socket", "ActiveState") == "active"
     assert listening_inodes(port) == listening, "systemctl stop fleet must leave the socket open"
 
-    box.run("systemctl", "start", "fleet.socket")
+    fleet.box.run("systemctl", "start", "fleet.socket")
     headers = get_hello(port, "after systemctl stop fleet (it should start the fleet again)", timeout=30)
     assert headers.get("x-fleet-worker"), headers
-    assert unit_property(box, "fleet.service", "ActiveState") == "active"
-    expected = enabled_workers(box)
-    wait_for(lambda: running_workers(box), lambda w: set(w) == expected, 30, "workers after the request")
+    assert fleet.show("fleet.service", "ActiveState") == "active"
+    expected = fleet.enabled()
+    wait_for(fleet.pids, lambda w: set(w) == expected, 30, "workers after the request")
 
 
-def test_a_drop_in_moves_the_port(installed: tuple[Container, int]) -> None:
-    box, old = installed
+def test_a_drop_in_moves_the_port(fleet: Fleet) -> None:
+    box, old = fleet.box, fleet.port
     new = free_port()
     set_port(box, new)
     box.run("systemctl", "daemon-reload")
@@ -261,26 +151,33 @@ def test_a_drop_in_moves_the_port(installed: tuple[Container, int]) -> None:
     assert wait_for(lambda: refuses(old), bool, 10, f"the old port {old} refusing connections")
 
 
+def customize(fleet: Fleet) -> None:
+    """Change what a user may change, which upgrades and reinstalls must keep: scale and settings."""
+    fleet.fleetctl("scale", "3")
+    fleet.configure(FLEET_THREADS="6")
+
+
+def assert_6_threads(fleet: Fleet, workers: dict[str, int], why: str) -> None:
+    """Each worker says it runs the 6 threads /etc/default/fleet asks for."""
+    for i in sorted(workers):
+        status_text = fleet.show(f"fleet-worker@{i}.service", "StatusText")
+        assert "with 6 threads" in status_text, f"worker {i} {why}: {status_text!r}"
+
+
 def test_upgrade_restarts_workers_one_by_one_and_keeps_socket_scale_and_settings(
-    installed: tuple[Container, int],
+    fleet: Fleet,
     newer_deb: Path,
 ) -> None:
-    box, port = installed
-    box.run("fleetctl", "scale", "3")
-    box.sh("echo FLEET_THREADS=6 >> /etc/default/fleet")
+    box, port = fleet.box, fleet.port
+    customize(fleet)
     config = box.run("cat", "/etc/default/fleet").stdout
-    before = wait_for(
-        lambda: running_workers(box),
-        lambda w: set(w) == {"1", "2", "3"},
-        30,
-        "workers after fleetctl scale 3",
-    )
-    socket_since = unit_property(box, "fleet.socket", "ActiveEnterTimestampMonotonic")
-    group_since = unit_property(box, "fleet.service", "ActiveEnterTimestampMonotonic")
+    before = wait_for(fleet.pids, lambda w: set(w) == instances(3), 30, "workers after fleetctl scale 3")
+    socket_since = fleet.show("fleet.socket", "ActiveEnterTimestampMonotonic")
+    group_since = fleet.show("fleet.service", "ActiveEnterTimestampMonotonic")
     listening = listening_inodes(port)
 
     started = time.monotonic()
-    with Traffic(port) as traffic:
+    with Traffic(port, timeout=15) as traffic:
         box.install_deb(newer_deb)
         time.sleep(0.5)  # NOTE: a few requests after the upgrade, too
     upgrade_seconds = time.monotonic() - started
@@ -294,63 +191,44 @@ def test_upgrade_restarts_workers_one_by_one_and_keeps_socket_scale_and_settings
     assert traffic.ok > 0, "no request completed during the upgrade"
 
     assert listening_inodes(port) == listening, "the upgrade reopened the listening socket"
-    assert unit_property(box, "fleet.socket", "ActiveEnterTimestampMonotonic") == socket_since, (
+    assert fleet.show("fleet.socket", "ActiveEnterTimestampMonotonic") == socket_since, (
         "the upgrade restarted fleet.socket"
     )
-    assert unit_property(box, "fleet.service", "ActiveEnterTimestampMonotonic") == group_since, (
+    assert fleet.show("fleet.service", "ActiveEnterTimestampMonotonic") == group_since, (
         "the upgrade restarted fleet.service (which restarts every worker at once)"
     )
-    assert enabled_workers(box) == {"1", "2", "3"}, "the upgrade changed the user's scale"
+    assert fleet.enabled() == instances(3), "the upgrade changed the user's scale"
     assert box.run("cat", "/etc/default/fleet").stdout == config, "the upgrade changed /etc/default/fleet"
-    after = wait_for(
-        lambda: running_workers(box), lambda w: set(w) == {"1", "2", "3"}, 30, "workers after the upgrade"
-    )
+    after = wait_for(fleet.pids, lambda w: set(w) == instances(3), 30, "workers after the upgrade")
     kept = {i for i in before if before[i] == after[i]}
     assert not kept, f"workers {sorted(kept)} were not restarted by the upgrade: {before} -> {after}"
-    for i in sorted(after):
-        status_text = unit_property(box, f"fleet-worker@{i}.service", "StatusText")
-        assert "with 6 threads" in status_text, (
-            f"worker {i} did not reread /etc/default/fleet: {status_text!r}"
-        )
+    assert_6_threads(fleet, after, "did not reread /etc/default/fleet")
 
 
-def test_remove_stops_everything_and_a_reinstall_keeps_scale_and_settings(
-    installed: tuple[Container, int],
-    deb: Path,
-) -> None:
-    box, port = installed
-    box.run("fleetctl", "scale", "3")
-    box.sh("echo FLEET_THREADS=6 >> /etc/default/fleet")
+def test_remove_stops_everything_and_a_reinstall_keeps_scale_and_settings(fleet: Fleet, deb: Path) -> None:
+    box, port = fleet.box, fleet.port
+    customize(fleet)
     # NOTE: an instance started by hand, outside fleet.service: the package must stop it too.
     box.run("systemctl", "start", "fleet-worker@7.service")
-    wait_for(
-        lambda: running_workers(box),
-        lambda w: set(w) == {"1", "2", "3", "7"},
-        30,
-        "workers before the remove",
-    )
+    wait_for(fleet.pids, lambda w: set(w) == {"1", "2", "3", "7"}, 30, "workers before the remove")
 
     box.run("apt-get", "remove", "-y", "fleet", env={"DEBIAN_FRONTEND": "noninteractive"})
-    assert running_workers(box) == {}, "apt remove left workers running"
-    assert unit_property(box, "fleet.socket", "ActiveState") == "inactive"
+    assert fleet.pids() == {}, "apt remove left workers running"
+    assert fleet.show("fleet.socket", "ActiveState") == "inactive"
     assert refuses(port), f"port {port} still answers after apt remove"
     assert "FLEET_THREADS=6" in box.run("cat", "/etc/default/fleet").stdout, "remove must keep conffiles"
 
     box.install_deb(deb)
     get_hello(port, "after reinstalling")
-    assert enabled_workers(box) == {"1", "2", "3"}, "a reinstall after remove must keep the user's scale"
-    workers = wait_for(
-        lambda: running_workers(box), lambda w: set(w) == {"1", "2", "3"}, 30, "workers after the reinstall"
-    )
-    for i in sorted(workers):
-        status_text = unit_property(box, f"fleet-worker@{i}.service", "StatusText")
-        assert "with 6 threads" in status_text, f"worker {i} lost /etc/default/fleet: {status_text!r}"
+    assert fleet.enabled() == instances(3), "a reinstall after remove must keep the user's scale"
+    workers = wait_for(fleet.pids, lambda w: set(w) == instances(3), 30, "workers after the reinstall")
+    assert_6_threads(fleet, workers, "lost /etc/default/fleet")
 
 
-def test_purge_leaves_nothing_behind(installed: tuple[Container, int]) -> None:
-    box, port = installed
-    box.run("fleetctl", "scale", "3")
-    wait_for(lambda: running_workers(box), lambda w: len(w) == 3, 30, "workers after fleetctl scale 3")
+def test_purge_leaves_nothing_behind(fleet: Fleet) -> None:
+    box, port = fleet.box, fleet.port
+    fleet.fleetctl("scale", "3")
+    wait_for(fleet.pids, lambda w: len(w) == 3, 30, "workers after fleetctl scale 3")
     # What `systemctl edit fleet-worker@.service` leaves (the port drop-in is there already).
     box.write_file("/etc/systemd/system/fleet-worker@.service.d/override.conf", "[Service]\nNice=1\n")
     for path in ("/var/lib/private/fleet", "/run/fleet", "/etc/systemd/system/fleet.socket.d"):
@@ -360,7 +238,7 @@ def test_purge_leaves_nothing_behind(installed: tuple[Container, int]) -> None:
 
     box.run("apt-get", "purge", "-y", "fleet", env={"DEBIAN_FRONTEND": "noninteractive"})
 
-    assert running_workers(box) == {}
+    assert fleet.pids() == {}
     assert refuses(port), f"port {port} still answers after the purge"
     unit_files = box.run("systemctl", "list-unit-files", "--no-legend").stdout
     assert "fleet" not in unit_files, f"systemctl list-unit-files after purge:\n{unit_files}"
