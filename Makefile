@@ -4,7 +4,7 @@ PY      ?= /usr/bin/python3
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 DEB     := dist/fleet_$(VERSION)_all.deb
 
-.PHONY: help deps check lint unit e2e pypi deb install try try-stop bench
+.PHONY: help deps build-deps try-deps check lint unit e2e pypi deb install try try-stop bench
 
 help:
 	@echo "make install   build the .deb and apt-install it (Debian 12 with systemd, as root)"
@@ -18,6 +18,12 @@ help:
 
 deps:
 	packaging/install-deps
+
+build-deps:
+	packaging/install-deps --build
+
+try-deps:
+	packaging/install-deps --try
 
 check: deps
 	$(MAKE) --no-print-directory lint
@@ -42,10 +48,10 @@ deb: $(DEB)
 $(DEB): $(shell git ls-files fleet units packaging pyproject.toml 2>/dev/null)
 	packaging/build-deb
 
-install: deb
+install: build-deps deb
 	apt-get install -y ./$(DEB)
 
-try: deb
+try: try-deps deb
 	$(PY) tests/e2e/try_fleet.py start
 
 try-stop:
