@@ -36,7 +36,7 @@ class Variant:
 BASE = Variant("current worker (defaults)")
 N = usable_cpus()
 SETS: dict[str, list[Variant]] = {
-    "threads": [BASE] + [Variant(f"FLEET_THREADS={t}", {"FLEET_THREADS": str(t)}) for t in (1, 2, 8)],
+    "threads": [BASE] + [Variant(f"FLEET_THREADS={t}", {"FLEET_THREADS": str(t)}) for t in (1, 2, 3, 8)],
     "workers": [
         BASE,
         Variant(f"{2 * N} workers (2 per CPU)", workers=2 * N),
@@ -52,6 +52,16 @@ SETS: dict[str, list[Variant]] = {
         BASE,
         Variant("FLEET_CONNECTION_LIMIT=10", {"FLEET_CONNECTION_LIMIT": "10"}),
         Variant("FLEET_CONNECTION_LIMIT=1000", {"FLEET_CONNECTION_LIMIT": "1000"}),
+    ],
+    "simplequeue": [
+        BASE,
+        Variant("requests handed over by a C SimpleQueue (prototype)",
+                module="bench.experiments.simplequeue_worker"),
+    ],
+    "switch": [BASE] + [
+        Variant(f"GIL switch interval {ms} ms (prototype)", {"SWITCH_INTERVAL": str(ms / 1000)},
+                module="bench.experiments.switch_worker")
+        for ms in (1, 20, 100)
     ],
     "inline": [
         BASE,
