@@ -4,7 +4,7 @@ PY      ?= /usr/bin/python3
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 DEB     := dist/fleet_$(VERSION)_all.deb
 
-.PHONY: help deps build-deps try-deps check lint unit e2e pypi deb install try try-stop bench
+.PHONY: help deps build-deps try-deps bench-deps check lint unit e2e pypi deb install try try-stop bench
 
 help:
 	@echo "make install   build the .deb and apt-install it (Debian 12 with systemd, as root)"
@@ -24,6 +24,9 @@ build-deps:
 
 try-deps:
 	packaging/install-deps --try
+
+bench-deps:
+	packaging/install-deps --bench
 
 check: deps
 	$(MAKE) --no-print-directory lint
@@ -57,5 +60,5 @@ try: try-deps deb
 try-stop:
 	$(PY) tests/e2e/try_fleet.py stop
 
-bench:
+bench: bench-deps deb
 	$(PY) bench/run.py
