@@ -45,6 +45,12 @@ IDLE_GRACE = 0.5
 # Bodies up to this size are joined to their header for one send(); larger
 # ones are not worth the copy.
 ONE_SEND_MAX = 64 * 1024
+# How often the relief thread looks at the request the event loop is serving
+# inline, and how long it polls in one pass while it holds the loop.
+RELIEF_CHECK = 0.005
+RELIEF_POLL = 0.005
+# After a request ran long inline, requests go to the pool for this long.
+INLINE_COOLDOWN = 10.0
 
 
 class FleetTask(WSGITask):  # type: ignore[misc]
@@ -195,17 +201,49 @@ class InlineDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
         # service() takes again: queue now, run once the poll pass is over.
         self.pending.append(task)
 
-    def run_pending(self) -> None:
-        while self.pending:
-            task = self.pending.popleft()
-            try:
-                task.service()
-            except Exception:
-                self.logger.exception("Exception when servicing %r", task)
-
     def shutdown(self, cancel_pending: bool = True, timeout: float = 5) -> bool:
         self.pending.clear()
         return True
+
+
+class HybridDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
+    """The default: serve a request on the event loop first, on a pool thread if it runs long.
+
+    Handing every request to a pool thread is most of a fast request's cost
+    (docs/benchmarks.md); serving it on the loop is not safe for a request
+    that waits, as the loop is every connection's. So the loop serves what the
+    last poll pass read, and a relief thread watches it: once one request has
+    held the loop for FLEET_INLINE_MAX, the relief thread takes the loop over,
+    hands the requests queued behind it to the pool, and requests keep going
+    to the pool for INLINE_COOLDOWN. The slow request finishes where it runs.
+    """
+
+    def __init__(self, loop_thread: int) -> None:
+        super().__init__()
+        self.pending: deque[Any] = deque()
+        self.loop_thread = loop_thread
+        self.inline = True  # False while relieved and during the cool-down
+
+    def add_task(self, task: Any) -> None:
+        if self.inline and threading.get_ident() == self.loop_thread:
+            self.pending.append(task)
+        else:
+            super().add_task(task)
+
+    def to_pool(self) -> int:
+        """Hand every request still waiting for the loop to the pool; return how many."""
+        moved = 0
+        while True:
+            try:
+                task = self.pending.popleft()
+            except IndexError:
+                return moved
+            super().add_task(task)
+            moved += 1
+
+    def shutdown(self, cancel_pending: bool = True, timeout: float = 5) -> bool:
+        self.to_pool()
+        return bool(super().shutdown(cancel_pending=cancel_pending, timeout=timeout))
 
 
 def _by_kind(sockets: list[socket.socket]) -> list[list[socket.socket]]:
@@ -245,13 +283,35 @@ class FleetServer:
             asyncore_use_poll=True,
             ident="fleet",
         )
+        self.loop_thread = threading.get_ident()
+        # NOTE: the event loop's owner. The loop thread holds it for each poll
+        # pass and each housekeeping pass; the relief thread for as long as it
+        # stands in for a loop thread that is busy serving a long request.
+        self.loop_lock = threading.Lock()
+        self.inline_since = 0.0  # when the request the loop thread serves began; 0: none
+        self.inline_resumes = 0.0
+        self.relieved = 0  # how many times the relief thread took the loop over
+        self._relief: threading.Thread | None = None
+        self._closing = False
         self.inline = settings.threads == 0
+        self.pending: deque[Any] = deque()
+        self.hybrid: HybridDispatcher | None = None
         if self.inline:
-            self.dispatcher: ThreadedTaskDispatcher = InlineDispatcher()
+            inline = InlineDispatcher()
+            self.pending = inline.pending
+            self.dispatcher: ThreadedTaskDispatcher = inline
             # NOTE: past this much buffered output, waitress's write_soon() waits
             # for the event loop to flush: inline, that is the loop waiting on
             # itself. Unbounded, big bodies spill to a temporary file instead.
             adjustments["outbuf_high_watermark"] = 2**62
+        elif settings.inline_max > 0:
+            # NOTE: waitress's output bound stays: a long response served on the
+            # loop that waits for its own flush is a request running long, and the
+            # relief thread then flushes it.
+            self.hybrid = HybridDispatcher(self.loop_thread)
+            self.pending = self.hybrid.pending
+            self.dispatcher = self.hybrid
+            self.dispatcher.set_thread_count(settings.threads)
         else:
             self.dispatcher = ThreadedTaskDispatcher()
             self.dispatcher.set_thread_count(settings.threads)
@@ -272,6 +332,8 @@ class FleetServer:
             if self.inline:
                 # The loop polls again right after serving: no wake-up needed.
                 listener.pull_trigger = lambda: None
+            elif self.hybrid:
+                listener.pull_trigger = self._wake_from_pool(listener.pull_trigger)
         self.trigger = self.listeners[0].trigger
         self.signal_pipe = _SignalPipe(self.map)
 
@@ -284,13 +346,26 @@ class FleetServer:
         shared kernel queue, they go to whichever worker can take them.
         """
         threads = max(1, self.settings.threads)  # inline: one request at a time
-        busy, queue = self.busy, self.dispatcher.queue
+        busy, queue, pending = self.busy, self.dispatcher.queue, self.pending
+        # NOTE: a request the relief thread stands in for takes no pool thread.
+        stood_in = self.loop_thread if self.hybrid else None
 
         def gated() -> bool:
             # NOTE: readable() also runs waitress's idle-connection maintenance: call it first.
-            return bool(readable()) and len(busy) + len(queue) + self.fresh < threads
+            working = len(busy) - (stood_in in busy) + len(queue) + len(pending)
+            return bool(readable()) and working + self.fresh < threads
 
         return gated
+
+    def _wake_from_pool(self, pull_trigger: Callable[[], None]) -> Callable[[], None]:
+        """Wake the loop when a pool thread finishes; the loop thread itself polls next anyway."""
+        loop_thread = self.loop_thread
+
+        def wake() -> None:
+            if threading.get_ident() != loop_thread:
+                pull_trigger()
+
+        return wake
 
     # -- called from request threads -------------------------------------------------
 
@@ -330,8 +405,15 @@ class FleetServer:
         return (obj for obj in list(self.map.values()) if isinstance(obj, HTTPChannel))
 
     def stuck_threads(self, older_than: float, now: float | None = None) -> int:
+        """Pool threads on one request for ``older_than`` or more.
+
+        A long request on the loop thread does not count: the relief thread
+        serves in its place, so the worker still serves.
+        """
         now = time.monotonic() if now is None else now
-        return sum(1 for started in list(self.busy.values()) if now - started >= older_than)
+        loop_thread = None if self.inline else self.loop_thread
+        return sum(1 for thread, started in list(self.busy.items())
+                   if thread != loop_thread and now - started >= older_than)  # fmt: skip
 
     def close_idle(self, now: float | None = None) -> int:
         """Close connections with no request in flight and no traffic for IDLE_GRACE.
@@ -357,11 +439,70 @@ class FleetServer:
         return len(channels)
 
     def poll(self, timeout: float) -> None:
-        wasyncore.loop(timeout=timeout, map=self.map, use_poll=True, count=1)
-        if self.inline:
-            self.dispatcher.run_pending()
+        """One poll pass, then serve on this (the loop) thread what it read, if serving inline."""
+        with self.loop_lock:
+            wasyncore.loop(timeout=timeout, map=self.map, use_poll=True, count=1)
+        if self.pending:
+            self.run_pending()
+
+    def run_pending(self) -> None:
+        pending = self.pending
+        while pending:
+            try:
+                task = pending.popleft()
+            except IndexError:
+                return  # the relief thread handed it to the pool
+            self.inline_since = time.monotonic()
+            try:
+                task.service()
+            except Exception:
+                log.exception("Exception when servicing %r", task)
+            finally:
+                self.inline_since = 0.0
+
+    def resume_inline(self, now: float) -> None:
+        """End the cool-down after a relief: serve on the loop again. Called holding loop_lock."""
+        if self.hybrid and not self.hybrid.inline and now >= self.inline_resumes:
+            self.hybrid.inline = True
+
+    def start_relief(self, housekeeping: Callable[[], None]) -> None:
+        """Watch requests served on the loop; stand in for the loop when one runs long.
+
+        ``housekeeping`` is the worker's pass between polls (watchdog, drain,
+        signals), run by the relief thread while it holds the loop.
+        """
+        if not self.hybrid:
+            return
+        self._relief = threading.Thread(target=self._watch, args=(housekeeping,), name="fleet-relief",
+                                        daemon=True)  # fmt: skip
+        self._relief.start()
+
+    def _watch(self, housekeeping: Callable[[], None]) -> None:
+        limit = self.settings.inline_max
+        while not self._closing:
+            time.sleep(RELIEF_CHECK)
+            since = self.inline_since
+            if since and time.monotonic() - since >= limit:
+                self._relieve(since, housekeeping)
+
+    def _relieve(self, since: float, housekeeping: Callable[[], None]) -> None:
+        assert self.hybrid is not None
+        with self.loop_lock:
+            if self.inline_since != since:
+                return  # it finished while we waited for the loop
+            self.hybrid.inline = False
+            self.inline_resumes = float("inf")  # not before this relief ends
+            self.relieved += 1
+            moved = self.hybrid.to_pool()
+            log.debug("a request held the event loop for %.0f ms; the pool takes over (%d waiting)",
+                      (time.monotonic() - since) * 1000, moved)
+            while self.inline_since == since and not self._closing:
+                wasyncore.loop(timeout=RELIEF_POLL, map=self.map, use_poll=True, count=1)
+                housekeeping()
+            self.inline_resumes = time.monotonic() + INLINE_COOLDOWN
 
     def shutdown(self) -> None:
+        self._closing = True
         self.dispatcher.shutdown(cancel_pending=True, timeout=1)
         for obj in list(self.map.values()):
             obj.close()

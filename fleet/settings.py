@@ -41,6 +41,16 @@ def _seconds(text: str) -> float:
     return float(m.group(1)) * scale
 
 
+def _seconds_up_to(most: float, example: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = _seconds(text)
+        if value > most:
+            raise ValueError(f"a time up to {most:g}s, such as {example}")
+        return value
+
+    return parse
+
+
 def _bytes(text: str) -> int:
     """Parse '0', '512M', '2G', '300000K' into bytes (powers of 1024, like systemd)."""
     m = re.fullmatch(r"\s*(\d+)\s*([KMG]?)\s*", text.upper())
@@ -117,15 +127,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FLEET_APP", DEFAULT_APP, _app_name,
             "The WSGI application to serve, as module:callable (default: fleet's Hello World app)."),
     Setting("FLEET_THREADS", "4", _whole(0, 1024),
-            "Request threads per worker; 0 serves requests on the worker's event loop, fastest for "
-            "apps that never wait on I/O (a waiting request stalls its worker's other connections)."),
+            "Pool threads per worker, for requests that run long (see FLEET_INLINE_MAX); 0: every "
+            "request on the worker's event loop with no pool to fall back on, only for apps that "
+            "never wait on I/O (a waiting request stalls its worker's other connections)."),
+    Setting("FLEET_INLINE_MAX", "10ms", _seconds_up_to(1.0, "10ms"),
+            "With threads, each request is first served on the worker's event loop, skipping the "
+            "hand-off to a thread; if one runs longer than this, a relief thread takes the loop over "
+            "and requests go to the threads for the next 10 s (0: always to the threads)."),
     Setting("FLEET_CONNECTION_LIMIT", "100", _whole(1, 100_000),
             "Open connections per worker; past it the worker leaves new ones to its siblings."),
     Setting("FLEET_GRACEFUL_TIMEOUT", "30", _seconds,
             "On stop, how long requests in flight may take to finish before they are cut."),
     Setting("FLEET_TIMEOUT", "30", _seconds,
-            "A worker whose every thread is stuck on one request this long stops its watchdog "
-            "pings, so systemd replaces it (0 turns this off)."),
+            "A worker whose every pool thread is stuck on one request this long stops its "
+            "watchdog pings, so systemd replaces it (0 turns this off)."),
     Setting("FLEET_MAX_REQUESTS", "0", _whole(0, 10**12),
             "Recycle a worker after this many requests (0: never)."),
     Setting("FLEET_MAX_REQUESTS_JITTER", "0", _whole(0, 10**12),
@@ -161,6 +176,7 @@ class Settings:
 
     app: str
     threads: int
+    inline_max: float
     connection_limit: int
     graceful_timeout: float
     timeout: float

@@ -212,6 +212,9 @@ class Worker:
         self.hung = False
         self.deadline = 0.0
         self.drain_started = 0.0
+        self.history = StartHistory(os.environ.get("RUNTIME_DIRECTORY"))
+        self.stable_at = 0.0
+        self.next_check = 0.0
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # NOTE: only record; the loop acts (a handler may run mid-I/O).
@@ -225,43 +228,64 @@ class Worker:
             signal.signal(signum, self._on_signal)
         if settings.max_requests:
             server.recycle_limit = settings.max_requests + random.randint(0, settings.max_requests_jitter)
-        history = StartHistory(os.environ.get("RUNTIME_DIRECTORY"))
-        stable_at = time.monotonic() + StartHistory.STABLE_AFTER
+        self.stable_at = time.monotonic() + StartHistory.STABLE_AFTER
         server.start_accepting()
         threads = f"{settings.threads} threads" if settings.threads else "requests served inline"
         status = f"serving {' '.join(server.addresses)} with {threads}"
         systemd.notify(READY=1, STATUS=status)
         log.info("ready: %s (pid %d, app %s)", status, os.getpid(), settings.app)
+        server.start_relief(self._relief_pass)
 
-        next_check = 0.0
         while True:
             server.poll(TICK)
-            now = time.monotonic()
-            if not server.draining:
-                if self.stop_reason:
-                    self.begin_drain(f"{self.stop_reason} received")
-                elif server.recycle_requested:
-                    self.begin_drain(f"recycling after {server.requests_done} requests (FLEET_MAX_REQUESTS)")
-            if now < next_check and not server.draining:
-                continue
-            next_check = now + TICK
-            if stable_at and now >= stable_at:
-                history.settle()
-                stable_at = 0.0
-            self.check_health(now)
-            if server.draining:
-                if server.close_idle() == 0:
-                    log.info("stopped: drained in %.2fs", time.monotonic() - self.drain_started)
+            with server.loop_lock:
+                if self.housekeeping():
                     break
-                if now >= self.deadline:
-                    cut = server.close_all()
-                    log.warning(
-                        "stopped: FLEET_GRACEFUL_TIMEOUT (%gs) passed; closed %d connections "
-                        "with requests in flight", settings.graceful_timeout, cut,
-                    )
-                    break
-        server.shutdown()
-        history.settle()  # a clean exit (stop, recycling) is no crash
+        return self.finish()
+
+    def housekeeping(self) -> bool:
+        """The pass between polls: act on signals, drain, health; True once it is time to exit.
+
+        Run by whichever thread holds the event loop (``server.loop_lock``).
+        """
+        server, settings = self.server, self.settings
+        now = time.monotonic()
+        if not server.draining:
+            if self.stop_reason:
+                self.begin_drain(f"{self.stop_reason} received")
+            elif server.recycle_requested:
+                self.begin_drain(f"recycling after {server.requests_done} requests (FLEET_MAX_REQUESTS)")
+        if now < self.next_check and not server.draining:
+            return False
+        self.next_check = now + TICK
+        if self.stable_at and now >= self.stable_at:
+            self.history.settle()
+            self.stable_at = 0.0
+        server.resume_inline(now)
+        self.check_health(now)
+        if server.draining:
+            if server.close_idle() == 0:
+                log.info("stopped: drained in %.2fs", time.monotonic() - self.drain_started)
+                return True
+            if now >= self.deadline:
+                cut = server.close_all()
+                log.warning(
+                    "stopped: FLEET_GRACEFUL_TIMEOUT (%gs) passed; closed %d connections "
+                    "with requests in flight", settings.graceful_timeout, cut,
+                )
+                return True
+        return False
+
+    def _relief_pass(self) -> None:
+        """Housekeeping while the relief thread holds the loop: the loop thread is in a request."""
+        if self.housekeeping():
+            # NOTE: the loop thread may stay in its request for good (the drain
+            # deadline passed), so the thread that decided exits the process.
+            os._exit(self.finish())
+
+    def finish(self) -> int:
+        self.server.shutdown()
+        self.history.settle()  # a clean exit (stop, recycling) is no crash
         return EXIT_OK
 
     def begin_drain(self, reason: str) -> None:
@@ -283,7 +307,9 @@ class Worker:
         """Detect a hung worker and a worker over its memory limit; ping the watchdog if neither."""
         server, settings = self.server, self.settings
         # NOTE: inline (FLEET_THREADS=0) a stuck request blocks this loop itself,
-        # so the watchdog pings stop with no check needed.
+        # so the watchdog pings stop with no check needed. With threads, a stuck
+        # request on the loop thread is stood in for (FleetServer.start_relief):
+        # the worker is hung once every pool thread is stuck too.
         if settings.timeout and settings.threads:
             stuck = server.stuck_threads(settings.timeout, now)
             hung = stuck >= settings.threads

@@ -20,6 +20,27 @@ def slow(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterabl
     return [body]
 
 
+def thread(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """Answer the name of the thread serving the request, after ``?sleep=SECONDS`` (default 0)."""
+    time.sleep(float(parse_qs(environ.get("QUERY_STRING", "")).get("sleep", ["0"])[0]))
+    body = threading.current_thread().name.encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+_served = 0
+
+
+def sometimes_slow(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """Answer at once, but take 20 ms over every 20th request: a mostly fast app."""
+    global _served
+    _served += 1
+    if _served % 20 == 0:
+        time.sleep(0.02)
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"ok"]
+
+
 _forever = threading.Event()
 
 
@@ -37,6 +58,9 @@ def shapes(environ: dict[str, Any], start_response: Callable[..., Any]) -> Itera
     if path == "/chunked":  # no Content-Length: chunked transfer
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"one,", b"two"]
+    if path == "/huge":  # over waitress's output bound: the writer waits for the loop to flush
+        start_response("200 OK", [("Content-Length", str(48 * 2**20))])
+        return (b"y" * 2**20 for _ in range(48))
     if path == "/big":  # over the one-send size
         body = b"x" * (200 * 1024)
         start_response("200 OK", [("Content-Length", str(len(body)))])

@@ -9,10 +9,16 @@ import pytest
 from tests.load import Load
 
 
-@pytest.mark.parametrize("threads", ["4", "0"], ids=["thread-pool", "inline"])
-def test_restarting_workers_one_by_one_under_load_loses_nothing(listener, spawn, threads):
+@pytest.mark.parametrize("settings", [
+    {},
+    {"FLEET_INLINE_MAX": "0"},
+    {"FLEET_THREADS": "0"},
+    # NOTE: a request in 20 runs long, so the relief thread takes each worker's loop over.
+    {"FLEET_APP": "tests.apps:sometimes_slow", "FLEET_INLINE_MAX": "1ms"},
+], ids=["inline-first", "thread-pool", "inline-only", "relieved"])
+def test_restarting_workers_one_by_one_under_load_loses_nothing(listener, spawn, settings):
     port = listener.getsockname()[1]
-    workers = [spawn(listener, FLEET_INSTANCE=str(i), FLEET_THREADS=threads) for i in (1, 2)]
+    workers = [spawn(listener, FLEET_INSTANCE=str(i), **settings) for i in (1, 2)]
     for w in workers:
         w.notify.wait_for("READY", "1")
     with Load(port, seconds=6, connections=20) as load:
@@ -23,7 +29,7 @@ def test_restarting_workers_one_by_one_under_load_loses_nothing(listener, spawn,
                 old.terminate()
                 # As systemd does: the replacement starts once the old one has gone.
                 assert old.wait(10) == 0, old.stderr()
-                workers[i] = spawn(listener, FLEET_INSTANCE=str(i + 1), FLEET_THREADS=threads)
+                workers[i] = spawn(listener, FLEET_INSTANCE=str(i + 1), **settings)
                 workers[i].notify.wait_for("READY", "1")
     result = load.result()
     assert result.failed == 0, f"{result}\n{result.output}"

@@ -25,6 +25,9 @@ def test_defaults_are_valid_and_documented():
      ("[::1]:80", "unix:/run/x.sock", "0.0.0.0:8080")),
     ("FLEET_HEALTH_PATH", "off", "health_path", ""),
     ("FLEET_THREADS", "  ", "threads", 4),  # blank means the default, as a stray FLEET_X= line would
+    ("FLEET_INLINE_MAX", "", "inline_max", 0.01),
+    ("FLEET_INLINE_MAX", "0", "inline_max", 0.0),
+    ("FLEET_INLINE_MAX", "1s", "inline_max", 1.0),
 ])
 def test_accepted_forms(env, value, attr, expected):
     assert getattr(Settings.from_env({env: value}), attr) == expected
@@ -34,6 +37,7 @@ def test_accepted_forms(env, value, attr, expected):
     ("FLEET_THREADS", "-1"), ("FLEET_THREADS", "1.5"), ("FLEET_THREADS", "2000"),
     ("FLEET_LISTEN", "host"), ("FLEET_LISTEN", "1.2.3.4:99999"), ("FLEET_LISTEN", "unix:"),
     ("FLEET_KEEPALIVE_MAX_AGE", "-1"), ("FLEET_MAX_REQUESTS", "lots"), ("FLEET_APP", "a.b"),
+    ("FLEET_INLINE_MAX", "2s"), ("FLEET_INLINE_MAX", "fast"),
 ])
 def test_rejected_forms_name_the_variable(env, value):
     with pytest.raises(SettingsError, match=f"^{env} must be .*, got {value!r}$"):

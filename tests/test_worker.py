@@ -205,6 +205,12 @@ def test_hung_worker_stops_watchdog_pings(listener, spawn):
     worker.notify.wait_for("READY", "1")
     worker.notify.wait_for("WATCHDOG", "1", timeout=2)
     background_get(port_of(listener), "/hang")
+    # NOTE: the loop thread serves the first; the relief thread then stands in
+    # for it and hands the second to the pool's one thread, which is the hang.
+    assert not any(m.get("WATCHDOG") == "trigger" for m in worker.notify.drain(1.0)), (
+        "one stuck request on the loop thread is not a hung worker: the pool still serves"
+    )
+    background_get(port_of(listener), "/hang")
     trigger = worker.notify.wait_for("WATCHDOG", "trigger", timeout=5)
     hung = [m for m in worker.notify.messages if m.get("STATUS", "").startswith("hung: ")]
     assert hung and "FLEET_TIMEOUT" in hung[-1]["STATUS"]
@@ -224,6 +230,8 @@ def test_hung_worker_without_watchdog_exits_itself(listener, spawn):
             break
         except OSError:
             time.sleep(0.05)
+    background_get(port_of(listener), "/hang")
+    time.sleep(0.2)  # NOTE: the first holds the loop thread, the second the pool's thread
     background_get(port_of(listener), "/hang")
     assert worker.wait(10) == 75
     assert "no systemd to report to" in worker.stderr()
@@ -419,7 +427,9 @@ def test_busy_worker_leaves_new_connections_to_its_sibling(listener, spawn):
     busy = spawn(listener, FLEET_INSTANCE="1", FLEET_APP="tests.apps:slow", FLEET_THREADS="1")
     busy.notify.wait_for("READY", "1")
     background_get(port_of(listener), "/?sleep=3")
-    time.sleep(0.5)  # worker 1's only thread is taken
+    time.sleep(0.3)  # NOTE: on worker 1's loop thread, which the relief thread stands in for
+    background_get(port_of(listener), "/?sleep=3")
+    time.sleep(0.3)  # worker 1's only pool thread is taken too
     idle = spawn(listener, FLEET_INSTANCE="2", FLEET_APP="tests.apps:slow", FLEET_THREADS="1")
     idle.notify.wait_for("READY", "1")
     started = time.monotonic()
@@ -479,3 +489,58 @@ def test_inline_worker_stuck_in_a_request_stops_pinging(listener, spawn):
     since = len(worker.notify.drain(0.2))
     worker.notify.drain(1.0)
     assert [m for m in worker.notify.messages[since:] if m.get("WATCHDOG") == "1"] == []
+
+
+def served_by(port: int, path: str = "/") -> str:
+    status, _, body = get(port, path)
+    assert status == 200
+    return body.decode()
+
+
+def test_fast_requests_are_served_on_the_event_loop_and_slow_ones_on_the_pool(listener, spawn):
+    worker = spawn(listener, FLEET_APP="tests.apps:thread", FLEET_THREADS="2")
+    worker.notify.wait_for("READY", "1")
+    port = port_of(listener)
+    assert {served_by(port) for _ in range(5)} == {"MainThread"}, "a fast request needs no hand-off"
+    assert served_by(port, "/?sleep=0.1") == "MainThread", "a request starts on the loop"
+    after = {served_by(port) for _ in range(5)}
+    assert "MainThread" not in after and all(name.startswith("waitress-") for name in after), (
+        f"after a request ran long on the loop, requests go to the pool for a while: {after}"
+    )
+
+
+def test_a_long_request_on_the_loop_holds_up_no_other_connection(listener, spawn):
+    worker = spawn(listener, FLEET_APP="tests.apps:thread", FLEET_THREADS="2")
+    worker.notify.wait_for("READY", "1")
+    port = port_of(listener)
+    background_get(port, "/?sleep=3")
+    time.sleep(0.5)  # NOTE: on the loop thread, which no longer polls
+    started = time.monotonic()
+    for _ in range(10):
+        assert served_by(port).startswith("waitress-")
+    assert time.monotonic() - started < 1.5, "the others waited for the long request"
+    worker.terminate()
+    assert worker.wait(10) == 0, "the long request finishes and the worker stops cleanly"
+    assert "drained" in worker.stderr()
+
+
+def test_fleet_inline_max_0_hands_every_request_to_the_pool(listener, spawn):
+    worker = spawn(listener, FLEET_APP="tests.apps:thread", FLEET_INLINE_MAX="0")
+    worker.notify.wait_for("READY", "1")
+    assert all(served_by(port_of(listener)).startswith("waitress-") for _ in range(5))
+
+
+def test_a_body_over_waitress_output_bound_does_not_stall_the_loop_serving_it(listener, spawn):
+    # NOTE: the client reads only after a second, so the 48 MiB pile up past
+    # waitress's 16 MiB bound, and the loop thread writing them waits for the
+    # event loop to flush: for itself. The relief thread takes the loop over
+    # and flushes. Without it this worker would wait forever.
+    worker = spawn(listener, FLEET_APP="tests.apps:shapes")
+    worker.notify.wait_for("READY", "1")
+    with socket.create_connection(("127.0.0.1", port_of(listener)), timeout=20) as client:
+        client.sendall(b"GET /huge HTTP/1.1\r\nHost: fleet\r\nConnection: close\r\n\r\n")
+        time.sleep(1.0)
+        received = 0
+        while chunk := client.recv(1 << 20):
+            received += len(chunk)
+    assert received > 48 * 2**20, f"only {received} bytes of the 48 MiB body arrived"

@@ -63,6 +63,11 @@ SETS: dict[str, list[Variant]] = {
                 module="bench.experiments.switch_worker")
         for ms in (1, 20, 100)
     ],
+    "dispatch": [
+        BASE,
+        Variant("FLEET_INLINE_MAX=0 (every request to a thread)", {"FLEET_INLINE_MAX": "0"}),
+        Variant("FLEET_THREADS=0 (inline only)", {"FLEET_THREADS": "0"}),
+    ],
     "inline": [
         BASE,
         Variant("FLEET_THREADS=0 (inline)", {"FLEET_THREADS": "0"}),

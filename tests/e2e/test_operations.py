@@ -159,6 +159,13 @@ def test_hung_worker_is_replaced_while_siblings_serve(fleet: Fleet) -> None:
         except OSError:
             pass  # the hung worker is killed under this request: that one is lost
 
+    # NOTE: a worker's loop thread serves its first /hang and the relief thread
+    # stands in for it (one stuck request is no hung worker: the pool still
+    # serves); a second takes the pool's one thread, and then that worker can
+    # serve no more. 3 requests on 2 workers: one of them gets two.
+    for _ in range(2):
+        threading.Thread(target=hang, daemon=True).start()
+        time.sleep(0.3)
     hung_at = time.monotonic()
     threading.Thread(target=hang, daemon=True).start()
     served = failed = 0
