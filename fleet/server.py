@@ -290,8 +290,6 @@ class FleetServer:
         self.loop_lock = threading.Lock()
         self.inline_since = 0.0  # when the request the loop thread serves began; 0: none
         self.inline_resumes = 0.0
-        self.relieved = 0  # how many times the relief thread took the loop over
-        self._relief: threading.Thread | None = None
         self._closing = False
         self.inline = settings.threads == 0
         self.pending: deque[Any] = deque()
@@ -473,9 +471,7 @@ class FleetServer:
         """
         if not self.hybrid:
             return
-        self._relief = threading.Thread(target=self._watch, args=(housekeeping,), name="fleet-relief",
-                                        daemon=True)  # fmt: skip
-        self._relief.start()
+        threading.Thread(target=self._watch, args=(housekeeping,), name="fleet-relief", daemon=True).start()
 
     def _watch(self, housekeeping: Callable[[], None]) -> None:
         limit = self.settings.inline_max
@@ -492,7 +488,6 @@ class FleetServer:
                 return  # it finished while we waited for the loop
             self.hybrid.inline = False
             self.inline_resumes = float("inf")  # not before this relief ends
-            self.relieved += 1
             moved = self.hybrid.to_pool()
             log.debug("a request held the event loop for %.0f ms; the pool takes over (%d waiting)",
                       (time.monotonic() - since) * 1000, moved)
