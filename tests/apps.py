@@ -106,3 +106,20 @@ def file_response(environ: dict[str, Any], start_response: Callable[..., Any]) -
     f = open(path, "rb")
     wrapper = environ.get("wsgi.file_wrapper")
     return wrapper(f) if wrapper else iter(lambda: f.read(8192), b"")
+
+
+_most_inside = 0
+
+
+def brief(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """Wait 1 ms (a quick database query), and answer the most requests seen inside at once."""
+    global _inside, _most_inside
+    with _inside_lock:
+        _inside += 1
+        _most_inside = max(_most_inside, _inside)
+    time.sleep(0.001)
+    with _inside_lock:
+        _inside -= 1
+        body = str(_most_inside).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]

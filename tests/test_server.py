@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import socket
 import threading
@@ -52,6 +53,31 @@ def test_with_the_defaults_a_worker_serves_as_many_waiting_requests_at_once_as_i
                    "4 requests inside the app at once (FLEET_THREADS=4)")
     finally:
         release.touch()
+
+
+def test_requests_with_short_waits_are_served_concurrently(listener, spawn):
+    # NOTE: a compute limit of 1 s leaves only the waiting itself to tell the
+    # worker these requests are better served by its threads.
+    worker = spawn(listener, FLEET_APP="tests.apps:brief", FLEET_INLINE_MAX="1s")
+    worker.notify.wait_for("READY", "1")
+    most = []
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port_of(listener), timeout=30)
+        try:
+            for _ in range(40):
+                conn.request("GET", "/")
+                most.append(int(conn.getresponse().read()))
+        finally:
+            conn.close()
+
+    clients = [threading.Thread(target=client) for _ in range(8)]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join()
+    assert len(most) == 8 * 40, "every request was answered"
+    assert max(most) >= 2, "requests that wait were served one at a time"
 
 
 def test_requests_that_wait_go_to_the_threads_and_fast_ones_come_back_to_the_loop(listener, spawn):
