@@ -55,14 +55,12 @@ ONE_SEND_MAX = 64 * 1024
 # inline, and how long it polls in one pass while it holds the loop.
 RELIEF_CHECK = 0.002
 RELIEF_POLL = 0.005
-# An inline request whose thread used less than this share of a CPU while it
-# ran for at least WAIT_SEEN is waiting (I/O, a lock, sleep), not computing.
-WAIT_CPU_SHARE = 0.5
-WAIT_SEEN = 0.001
-# Waits too short for the relief thread to see add up: once inline requests
-# have run this long in all, if they waited for at least WAIT_CPU_SHARE of it,
-# the threads take over.
-WAIT_WINDOW = 0.05
+# The relief thread samples the loop thread while it serves requests: once at
+# least WAIT_SAMPLES samples found it inside a batch and WAIT_SHARE of them
+# found it asleep on I/O, or two samples in a row inside the same batch did,
+# requests that wait are being served one at a time, and the threads take over.
+WAIT_SAMPLES = 8
+WAIT_SHARE = 0.5
 # With no request served inline for this long, the relief thread sleeps until one is.
 RELIEF_IDLE = 0.2
 # After a request waited or ran long inline, requests go to the pool for a
@@ -179,7 +177,9 @@ class FleetChannel(HTTPChannel):  # type: ignore[misc]
     read, but only if it had bytes waiting when accepted: that is a request
     about to land, and a worker could otherwise take a burst of them in one
     pass that only one of its threads is free to serve. A connection with
-    nothing to say is no work, however many there are.
+    nothing to say is no work, however many there are. fleet.socket's
+    DeferAcceptSec= has the kernel hand over a connection once its first
+    bytes are in, so the two are told apart at accept().
     """
 
     task_class = FleetTask
@@ -330,6 +330,7 @@ def bind(addresses: tuple[str, ...], backlog: int) -> list[socket.socket]:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 5)  # as fleet.socket
             sock.bind((host, int(port)))
         sock.listen(backlog)
         result.append(sock)
@@ -420,111 +421,80 @@ def describe(sock: socket.socket) -> str:
     return f"{name[0]}:{name[1]}"
 
 
-class LoopClock:
-    """How the event-loop thread spent its time: on a CPU, waiting for one, or neither (waiting on I/O).
+class LoopThread:
+    """Whether the event-loop thread is asleep on I/O right now, as another thread sees it.
 
-    The thread's CPU clock, plus the time it spent runnable but preempted from
-    the kernel's scheduler statistics, so a thread preempted on a busy machine
-    is not taken for one that waits. (The statistics' own CPU time lags by up
-    to a scheduler tick, so it comes from the clock.) Where the kernel keeps no
-    statistics, the CPU clock alone: a preempted thread then looks like a
-    waiting one.
+    The kernel says where a sleeping thread waits (``/proc/.../wchan``): a
+    socket, a pipe, a timer are I/O that other requests could use the CPU
+    during; a futex is the GIL or a lock, which threads would not make
+    faster; a running or preempted thread has no wait channel. Where the
+    kernel does not tell, the thread's CPU clock between two looks is used
+    instead (a preempted thread then looks like a waiting one).
     """
 
     def __init__(self, thread_id: int, native_id: int) -> None:
         self._clock = time.pthread_getcpuclockid(thread_id)
-        self._fd: int | None = None
+        self._last = (0.0, 0.0)  # (wall, CPU) at the last look, for the fallback
         self._wchan: int | None = None
-        task = f"/proc/self/task/{native_id}"
         try:
-            self._fd = os.open(f"{task}/schedstat", os.O_RDONLY | os.O_CLOEXEC)
-            self.read()
-        except (OSError, ValueError, IndexError):
-            self.close()
-        try:
-            self._wchan = os.open(f"{task}/wchan", os.O_RDONLY | os.O_CLOEXEC)
+            self._wchan = os.open(f"/proc/self/task/{native_id}/wchan", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             pass
 
-    def read(self) -> float:
-        """Seconds the thread has run or been runnable: its time not spent waiting."""
-        ran = time.clock_gettime(self._clock)
-        if self._fd is None:
-            return ran
-        return ran + int(os.pread(self._fd, 64, 0).split()[1]) / 1e9
-
-    def blocked_on_io(self) -> bool:
-        """Whether the thread sleeps in the kernel on anything but a futex (the GIL, a lock).
-
-        A thread waiting for the GIL is not waiting on I/O: another thread of
-        this process holds the GIL, which threads would not make faster.
-        """
-        if self._wchan is None:
-            return True  # NOTE: unknown: trust the clock
-        try:
-            where = os.pread(self._wchan, 64, 0)
-        except OSError:
-            return True
-        return where not in (b"", b"0") and b"futex" not in where
+    def asleep_on_io(self) -> bool:
+        if self._wchan is not None:
+            try:
+                where = os.pread(self._wchan, 64, 0)
+            except OSError:
+                where = b"0"
+            return where not in (b"", b"0") and b"futex" not in where
+        now, cpu = time.monotonic(), time.clock_gettime(self._clock)
+        (then, cpu_then), self._last = self._last, (now, cpu)
+        return now - then < 0.1 and cpu - cpu_then < WAIT_SHARE * (now - then)
 
     def close(self) -> None:
-        for fd in (self._fd, self._wchan):
-            if fd is not None:
-                os.close(fd)
-        self._fd = self._wchan = None
+        if self._wchan is not None:
+            os.close(self._wchan)
+            self._wchan = None
 
 
 class Relief:
-    """Watch what serving on the event loop costs; hand the loop's work to the pool when it waits.
+    """Watch what serving on the event loop costs; hand the loop's work to the pool when requests wait.
 
-    The loop thread serves each poll pass's requests as one batch and reports
-    it (:meth:`begin`, :meth:`end`). A relief thread looks at the batch while
-    it runs: once it has waited (the loop thread neither ran nor was runnable)
-    for WAIT_CPU_SHARE of at least WAIT_SEEN, or has run FLEET_INLINE_MAX, the
-    relief thread takes the loop over, hands the requests queued behind to the
-    pool and runs the loop until the batch ends. Waits too short to be seen
-    while they last are added up over WAIT_WINDOW of batches. Either way
-    requests go to the pool for a cool-down (COOLDOWN_MIN up to COOLDOWN_MAX).
-    The relief thread sleeps while nothing is served inline, so an idle worker
-    uses no CPU.
+    The loop thread serves each poll pass's requests as one batch and marks
+    it (:meth:`begin`, :meth:`end`: a clock read, nothing more, as this is
+    every fast request's path). A relief thread looks at the loop thread
+    every RELIEF_CHECK while it serves: asleep on I/O in two looks in a row
+    within one batch, or in WAIT_SHARE of WAIT_SAMPLES looks, the requests
+    wait and are served one at a time; the threads take over. A batch that
+    still waits, or that ran FLEET_INLINE_MAX, is stood in for: the relief
+    thread takes the loop over, hands the requests queued behind to the pool
+    and runs the loop until the batch ends. Then the pool serves for a
+    cool-down (COOLDOWN_MIN up to COOLDOWN_MAX). The relief thread sleeps
+    while nothing is served inline, so an idle worker uses no CPU.
     """
 
     def __init__(self, server: FleetServer, hybrid: HybridDispatcher, limit: float) -> None:
         self.server = server
         self.hybrid = hybrid
         self.limit = limit
-        self.clock = LoopClock(server.loop_thread, threading.get_native_id())
+        self.loop = LoopThread(server.loop_thread, threading.get_native_id())
         self.active = threading.Event()  # set while the loop serves inline; cleared by the relief thread
-        # Written by the loop thread, read by the relief thread:
-        self.since = 0.0  # when the batch being served began; 0: none
-        self.ran_at_start = 0.0  # the loop thread's LoopClock then
-        # Loop thread only:
-        self.window = 0.0
-        self.window_waited = 0.0
-        # Whoever hands over or resumes (the loop thread, or the relief thread holding loop_lock):
+        self.since = 0.0  # loop thread writes, relief thread reads: when the batch began; 0: none
+        # Whoever hands over or resumes (the relief thread, or the loop thread holding loop_lock):
         self.resumes = 0.0  # when the loop serves inline again
         self.resumed_at = 0.0
         self.cooldown = COOLDOWN_MIN
 
     def begin(self) -> None:
         """The loop thread starts serving a batch."""
-        self.ran_at_start = self.clock.read()
         self.since = time.monotonic()
         if not self.active.is_set():
             self.active.set()
 
     def end(self) -> None:
-        """The loop thread served its batch: count how much of it was spent waiting."""
-        wall = time.monotonic() - self.since
-        ran = self.clock.read() - self.ran_at_start
+        """The loop thread served its batch."""
         self.since = 0.0
-        self.window += wall
-        self.window_waited += max(0.0, wall - ran)
-        if self.window >= WAIT_WINDOW:
-            if self.window_waited >= WAIT_CPU_SHARE * self.window and self.hybrid.inline:
-                self.hand_over(f"requests waited {self.window_waited * 1000:.1f} ms of "
-                               f"{self.window * 1000:.1f} ms")
-            self.window = self.window_waited = 0.0
 
     def hand_over(self, why: str) -> None:
         now = time.monotonic()
@@ -539,14 +509,15 @@ class Relief:
         if not self.hybrid.inline and now >= self.resumes:
             self.hybrid.inline = True
             self.resumed_at = now
-            self.window = self.window_waited = 0.0
 
     def start(self, housekeeping: Callable[[], None]) -> None:
         threading.Thread(target=self._watch, args=(housekeeping,), name="fleet-relief", daemon=True).start()
 
     def _watch(self, housekeeping: Callable[[], None]) -> None:
-        server, active = self.server, self.active
+        server, active, hybrid = self.server, self.active, self.hybrid
         last_busy = time.monotonic()
+        looks = asleep = 0  # looks inside a batch, and how many found the loop thread asleep on I/O
+        last_asleep_in = 0.0  # the batch the last look found asleep in
         while not server.closing:
             active.wait()
             time.sleep(RELIEF_CHECK)
@@ -559,14 +530,24 @@ class Relief:
                         active.set()
                 continue
             last_busy = now
-            elapsed = now - since
-            if elapsed >= self.limit:
-                self._relieve(since, housekeeping, f"a request ran {elapsed * 1000:.0f} ms on the loop")
-            elif elapsed >= WAIT_SEEN:
-                ran = self.clock.read() - self.ran_at_start
-                if elapsed - ran >= WAIT_CPU_SHARE * elapsed and self.clock.blocked_on_io():
-                    waited = f"{(elapsed - ran) * 1000:.1f} ms of {elapsed * 1000:.1f} ms"
-                    self._relieve(since, housekeeping, f"a request waited {waited}")
+            if not hybrid.inline:
+                continue  # a batch begun before the hand-over: the pool takes what follows
+            if now - since >= self.limit:
+                self._relieve(since, housekeeping, f"a request ran {(now - since) * 1000:.0f} ms on the loop")
+                continue
+            looks += 1
+            if self.loop.asleep_on_io():
+                asleep += 1
+                if last_asleep_in == since and self.since == since:
+                    self._relieve(since, housekeeping, "a request waited on I/O")
+                    looks = asleep = 0
+                    last_asleep_in = 0.0
+                    continue
+                last_asleep_in = since
+            if looks >= WAIT_SAMPLES:
+                if asleep >= WAIT_SHARE * looks:
+                    self.hand_over(f"requests waited on I/O in {asleep} of {looks} looks")
+                looks = asleep = 0
 
     def _relieve(self, since: float, housekeeping: Callable[[], None], why: str) -> None:
         server = self.server
