@@ -22,8 +22,8 @@ SOURCE = "/root/fleet"
 BUILD_SECONDS = 900  # NOTE: apt fetches debhelper and lintian, then the build runs the unit tests.
 
 
-def copy_checkout(box: Container, tmp_dir: Path, *, untracked: bool = False) -> None:
-    """Put the checkout's tracked files in ``SOURCE``, as ``git clone`` would.
+def copy_checkout(box: Container, tmp_dir: Path, *, untracked: bool = False, source: str = SOURCE) -> None:
+    """Put the checkout's tracked files in ``source``, as ``git clone`` would.
 
     ``untracked`` adds the files git does not ignore, as ``packaging/build-deb`` does,
     so a change builds before it is committed.
@@ -36,8 +36,8 @@ def copy_checkout(box: Container, tmp_dir: Path, *, untracked: bool = False) -> 
     subprocess.run(["tar", "-C", str(REPO), "--null", "--no-recursion", "-T", "-", "-cf", str(tarball)],
                    input=files, check=True)  # fmt: skip
     box.copy_in(tarball, "/var/tmp/fleet.tar")
-    box.run("mkdir", "-p", SOURCE)
-    box.run("tar", "-C", SOURCE, "-xf", "/var/tmp/fleet.tar")
+    box.run("mkdir", "-p", source)
+    box.run("tar", "-C", source, "-xf", "/var/tmp/fleet.tar")
 
 
 def build_debs(suite: str, out: Path, *, newer: str) -> tuple[Path, Path]:
