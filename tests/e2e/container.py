@@ -819,15 +819,15 @@ def http_get(port: int, path: str = "/", timeout: float = 5) -> tuple[int, dict[
 
 def _children(pid: int) -> list[int]:
     found: list[int] = []
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
         for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
                 found += [int(p) for p in (task / "children").read_text().split()]
     return found
 
 
 def _status_field(pid: int, name: str) -> str:
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(name + ":"):
                 return line.split(":", 1)[1]
