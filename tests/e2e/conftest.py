@@ -107,6 +107,16 @@ def _e2e_can_run() -> None:
 
 
 @pytest.fixture(scope="session")
+def suite() -> str:
+    """The Debian release of a test left unparametrized: the host's (bookworm).
+
+    NOTE: pytest_generate_tests parametrizes ``suite`` for every test whose fixtures it
+    sees need it; a module fixture overriding ``fleet`` hides that need, so this is its value.
+    """
+    return SUITE
+
+
+@pytest.fixture(scope="session")
 def base_tree(suite: str) -> Path:
     """The cached root tree of the test's Debian release, that containers boot from (built once, ~50 s)."""
     try:
