@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tomllib
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,8 @@ def release_debs(suite: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     """The package, and the same at a higher version, built in a container of a release other than
     the host's (about 95 s, once per session)."""
     out = tmp_path_factory.mktemp(f"debs-{suite}")
-    version = (REPO / "pyproject.toml").read_text().split('version = "', 1)[1].split('"', 1)[0]
+    with open(REPO / "pyproject.toml", "rb") as f:
+        version = tomllib.load(f)["project"]["version"]
     try:
         return build_debs(suite, out, newer=f"{version}+test1")
     except E2EError as error:
