@@ -50,14 +50,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     NOTE: session-scoped, so pytest runs one release's tests together and builds each
     release's tree and package once. A test that parametrizes ``suite`` itself is left alone.
     """
+    releases = metafunc.definition.get_closest_marker("releases")
     if "suite" not in metafunc.fixturenames:
-        return
-    for mark in metafunc.definition.iter_markers("parametrize"):
-        names = mark.args[0]
+        if releases is None:
+            return
+        # NOTE: a module fixture overriding ``fleet`` (test_operations.py) hides the
+        # conftest one's needs from pytest's closure; the mark says the test needs a release.
+        metafunc.fixturenames.append("suite")
+    for given in metafunc.definition.iter_markers("parametrize"):
+        names = given.args[0]
         if "suite" in (names.replace(" ", "").split(",") if isinstance(names, str) else names):
             return
-    mark = metafunc.definition.get_closest_marker("releases")
-    suites = mark.args if mark else (SUITE,)
+    suites = releases.args if releases else (SUITE,)
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
         raise pytest.UsageError(f"releases({', '.join(unknown)}): fleet supports {', '.join(SUITES)}")
