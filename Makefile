@@ -7,7 +7,7 @@ DEB     := dist/fleet_$(VERSION)_all.deb
 .PHONY: help deps build-deps try-deps bench-deps check lint unit e2e pypi deb install try try-stop bench
 
 help:
-	@echo "make install   build the .deb and apt-install it (Debian 12 with systemd, as root)"
+	@echo "make install   build the .deb and apt-install it (Debian 12 or 13 with systemd, as root)"
 	@echo "make check     install test dependencies, then run every test (as root)"
 	@echo "make lint      ruff and mypy (strict)"
 	@echo "make unit      unit tests only, with Debian's packages"

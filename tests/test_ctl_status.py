@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from fleet.ctl.ports import Holder, TakenPort
 from fleet.ctl.state import FleetState, Instance, Socket
 from fleet.ctl.status import format_bytes, format_duration, format_json, format_status
 
@@ -60,6 +61,7 @@ def test_format_json_is_the_documented_schema() -> None:
     assert data["socket"] == {
         "unit": "fleet.socket", "state": "active", "sub_state": "running",
         "listen": ["[::]:8000", "127.0.0.1:9000"], "accepted": 0, "connections": 0,
+        "result": "success", "taken": [],
     }  # fmt: skip
     assert data["service"] == {"unit": "fleet.service", "state": "active", "running": True}
     assert (data["drained"], data["drain_file"]) == (True, "/run/fleet/drain")
@@ -89,3 +91,44 @@ def test_format_duration(seconds: float | None, text: str) -> None:
 ])  # fmt: skip
 def test_format_bytes(size: int | None, text: str) -> None:
     assert format_bytes(size) == text
+
+
+PORT_TAKEN = FleetState(
+    socket=Socket(state="failed", sub_state="failed", listen=("[::]:8000",), result="resources",
+                  taken=(TakenPort(8000, (Holder(812, "nginx"),)),)),
+    instances=(Instance("1", "inactive", enabled=True),),
+)  # fmt: skip
+
+
+def test_a_socket_that_cannot_listen_ends_the_status_with_the_port_its_holder_and_the_fix() -> None:
+    text = format_status(PORT_TAKEN)
+    assert text.startswith("fleet.socket: failed (failed), not listening (why, and the fix: below)\n")
+    assert text.endswith(
+        "\n\n"
+        "fleet.socket cannot listen: port 8000 is taken by nginx (pid 812).\n"
+        "fix: stop that program, or move fleet to a free port with a drop-in, then restart the socket:\n"
+        "  sudo systemctl edit fleet.socket   # saved as /etc/systemd/system/fleet.socket.d/override.conf:\n"
+        "      [Socket]\n"
+        "      ListenStream=\n"
+        "      ListenStream=8080\n"
+        "  sudo systemctl restart fleet.socket\n"
+    )
+    assert json.loads(format_json(PORT_TAKEN))["socket"]["taken"] == [
+        {"port": 8000, "holders": [{"pid": 812, "name": "nginx"}]}
+    ]
+
+
+def test_a_taken_port_whose_holder_is_not_visible_says_so() -> None:
+    hidden = FleetState(socket=Socket(state="failed", sub_state="failed", listen=("8080",),
+                                      taken=(TakenPort(8080),)))  # fmt: skip
+    text = format_status(hidden)
+    assert "port 8080 is taken by a process not visible here (as root, fleetctl names it).\n" in text
+    assert "ListenStream=8081\n" in text
+
+
+def test_a_socket_failed_for_another_reason_points_to_its_journal() -> None:
+    other = FleetState(socket=Socket(state="failed", sub_state="failed", result="resources"))
+    assert format_status(other).endswith(
+        "\nfleet.socket failed (resources): see why with: journalctl -u fleet.socket\n"
+        "fix: then start it again: sudo systemctl restart fleet.socket\n"
+    )

@@ -186,6 +186,17 @@ def test_man_page_templates_list_nothing_by_hand() -> None:
 # --- the built package --------------------------------------------------------------------
 
 
+def units_dir() -> str:
+    """Where this machine's build puts the units: /usr/lib where debhelper has dh_movetousr.
+
+    NOTE: Debian 12's debhelper (13.11) finds units only under /lib; Debian 13's lintian
+    rejects /lib (merged /usr). debian/rules makes the same choice.
+    """
+    moves = shutil.which("dh_movetousr", path=CLEAN_ENV["PATH"]) is not None
+    return "/usr/lib/systemd/system" if moves else "/lib/systemd/system"
+
+
+
 def test_ships_the_program_the_units_and_the_docs(deb: Deb) -> None:
     paths = deb.paths()
     expected = {
@@ -193,23 +204,26 @@ def test_ships_the_program_the_units_and_the_docs(deb: Deb) -> None:
         "/usr/bin/fleet-worker",
         "/usr/lib/python3/dist-packages/fleet/worker.py",
         "/usr/lib/python3/dist-packages/fleet/ctl/__init__.py",
-        # NOTE: /lib, not /usr/lib: debhelper 13.11's dh_installsystemd only looks there.
-        "/lib/systemd/system/fleet.socket",
-        "/lib/systemd/system/fleet.service",
-        "/lib/systemd/system/fleet-worker@.service",
+        f"{units_dir()}/fleet.socket",
+        f"{units_dir()}/fleet.service",
+        f"{units_dir()}/fleet-worker@.service",
+        "/usr/share/bash-completion/completions/fleetctl",
         "/etc/default/fleet",
         "/usr/share/man/man1/fleetctl.1.gz",
         "/usr/share/man/man8/fleet-worker.8.gz",
         "/usr/share/doc/fleet/copyright",
     }
     assert not expected - paths, f"missing from the package: {sorted(expected - paths)}"
-    stray = sorted(p for p in paths if p.startswith("/usr/lib/systemd/"))
-    assert not stray, f"units under /usr/lib get no maintainer scripts on Debian 12: {stray}"
+    other = "/lib/systemd/" if units_dir().startswith("/usr/") else "/usr/lib/systemd/"
+    stray = sorted(p for p in paths if p.startswith(other))
+    assert not stray, f"units belong under {units_dir()} on the release that built this: {stray}"
 
 
 def test_units_are_shipped_unchanged(deb: Deb) -> None:
     for unit in ("fleet.socket", "fleet.service", "fleet-worker@.service"):
-        assert deb.read(f"/lib/systemd/system/{unit}") == (ROOT / "units" / unit).read_bytes(), unit
+        assert deb.read(f"{units_dir()}/{unit}") == (ROOT / "units" / unit).read_bytes(), unit
+    completion = deb.read("/usr/share/bash-completion/completions/fleetctl")
+    assert completion == (ROOT / "packaging" / "bash-completion" / "fleetctl").read_bytes()
 
 
 def test_etc_default_fleet_is_the_rendered_table_and_a_conffile(deb: Deb) -> None:

@@ -7,6 +7,7 @@ renders and ``scale`` plans from plain values that tests can build by hand.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Mapping
@@ -14,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fleet.ctl import config, systemd
+from fleet.ctl import config, ports, systemd
 from fleet.ctl.errors import CtlError
+from fleet.ctl.ports import TakenPort
 
-SOCKET_PROPS = ("ActiveState", "SubState", "Listen", "NAccepted", "NConnections")
+SOCKET_PROPS = ("ActiveState", "SubState", "Result", "Listen", "NAccepted", "NConnections")
 SERVICE_PROPS = ("ActiveState", "SubState", "Wants")
 INSTANCE_PROPS = (
     "ActiveState", "SubState", "UnitFileState", "MainPID", "NRestarts", "StatusText",
@@ -44,6 +46,11 @@ class Socket:
     # Accept=no socket always reports 0. Kept for a stable --json.
     accepted: int | None = None
     connections: int | None = None
+    # Why it last failed, as systemd says it (Result=): "resources" when it could
+    # not bind; "success" otherwise.
+    result: str = "success"
+    # Only for a failed socket: its ports another program listens on already.
+    taken: tuple[TakenPort, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,11 @@ class FleetState:
             "socket": {
                 "unit": s.unit, "state": s.state, "sub_state": s.sub_state,
                 "listen": list(s.listen), "accepted": s.accepted, "connections": s.connections,
+                "result": s.result,
+                "taken": [
+                    {"port": t.port, "holders": [{"pid": h.pid, "name": h.name} for h in t.holders]}
+                    for t in s.taken
+                ],
             },
             "service": {"unit": systemd.SERVICE, "state": self.service_state, "running": self.running},
             "drained": self.drained,
@@ -203,6 +215,7 @@ def build(
         ),
         accepted=_int(sock.get("NAccepted")),
         connections=_int(sock.get("NConnections")),
+        result=sock.get("Result", "success"),
     )
     service = units.get(systemd.SERVICE, {})
     instances = []
@@ -273,9 +286,14 @@ def read() -> FleetState:
         drain_file = config.drain_file()
     except CtlError:
         drain_file = ""  # NOTE: the workers cannot start with it; their rows say so
-    return build(
+    state = build(
         units,
         now_monotonic_usec=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000,
         drained=bool(drain_file) and os.path.exists(drain_file),
         drain_file=drain_file,
     )
+    if state.socket.state != "failed":
+        return state
+    # NOTE: only for a failed socket: a listening fleet.socket holds its ports itself.
+    socket = dataclasses.replace(state.socket, taken=ports.taken(state.socket.listen))
+    return dataclasses.replace(state, socket=socket)

@@ -61,6 +61,9 @@ def format_status(state: FleetState) -> str:
     if sock.state == "active":
         listening = f"listening on {', '.join(sock.listen) or 'no addresses'}"
         idle = " (the socket starts it on the first connection)"
+    elif sock.state == "failed":
+        listening = "not listening (why, and the fix: below)"
+        idle = ""
     else:
         listening = "not listening; start it: sudo systemctl start fleet.socket"
         idle = ""
@@ -78,7 +81,7 @@ def format_status(state: FleetState) -> str:
     lines.append(f"workers: {up} active, {enabled} enabled; {drained}")
     if not state.instances:
         lines += ["", "no workers: fleetctl scale auto runs one per CPU"]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + socket_failure(state)) + "\n"
     rows = [list(COLUMNS)]
     for i in state.instances:
         rows.append([
@@ -99,7 +102,37 @@ def format_status(state: FleetState) -> str:
         # NOTE: the last column (status) is free text: never padded, never cut.
         cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths[:-1], strict=True)]
         lines.append("  ".join([*cells, row[-1]]).rstrip())
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + socket_failure(state)) + "\n"
+
+
+def socket_failure(state: FleetState) -> list[str]:
+    """Say why a failed fleet.socket does not listen, then how to fix it; [] when it did not fail.
+
+    Shown last, so it is what a user reads first at the end of ``apt install``.
+    """
+    sock = state.socket
+    if sock.state != "failed":
+        return []
+    if not sock.taken:
+        return [
+            "",
+            f"{sock.unit} failed ({sock.result}): see why with: journalctl -u {sock.unit}",
+            f"fix: then start it again: sudo systemctl restart {sock.unit}",
+        ]
+    lines = [""]
+    for taken in sock.taken:
+        by = ", ".join(map(str, taken.holders)) or "a process not visible here (as root, fleetctl names it)"
+        lines.append(f"{sock.unit} cannot listen: port {taken.port} is taken by {by}.")
+    example = 8081 if any(t.port == 8080 for t in sock.taken) else 8080
+    return [
+        *lines,
+        "fix: stop that program, or move fleet to a free port with a drop-in, then restart the socket:",
+        f"  sudo systemctl edit {sock.unit}   # saved as /etc/systemd/system/{sock.unit}.d/override.conf:",
+        "      [Socket]",
+        "      ListenStream=",
+        f"      ListenStream={example}",
+        f"  sudo systemctl restart {sock.unit}",
+    ]
 
 
 def format_json(state: FleetState) -> str:

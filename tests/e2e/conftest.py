@@ -4,19 +4,33 @@ Every test here boots systemd as PID 1 in a disposable container (see ``containe
 ``fleet`` is that container with the package installed and serving (see ``fleet.py``).
 Without root or the tools the suite is skipped with the reason, except in CI (``CI=true``),
 where a suite that silently skips would prove nothing, so it fails instead.
+
+Each test runs on Debian 12 (bookworm); a test marked ``@pytest.mark.releases("bookworm",
+"trixie")`` runs on each release named, with that release's own build of the package.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import tomllib
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .container import CLEAN_PATH, Container, E2EError, ensure_base_tree, newest_deb, skip_reason
+from .build import build_debs
+from .container import (
+    CLEAN_PATH,
+    SUITE,
+    SUITES,
+    Container,
+    E2EError,
+    ensure_base_tree,
+    newest_deb,
+    skip_reason,
+)
 from .fleet import Fleet, install_fleet
 
 HERE = Path(__file__).resolve().parent
@@ -27,6 +41,31 @@ def pytest_configure(config: pytest.Config) -> None:
     # NOTE: also registered in pyproject.toml; repeated here for runs that only have tests/.
     config.addinivalue_line("markers", "e2e: boots a real systemd in a throwaway container")
     config.addinivalue_line("markers", "source_tree: needs the source checkout, not just tests/")
+    config.addinivalue_line("markers", "releases(*suites): run on each of these Debian releases")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Give every test its Debian release: bookworm, or each one its ``releases`` mark names.
+
+    NOTE: session-scoped, so pytest runs one release's tests together and builds each
+    release's tree and package once. A test that parametrizes ``suite`` itself is left alone.
+    """
+    releases = metafunc.definition.get_closest_marker("releases")
+    if "suite" not in metafunc.fixturenames:
+        if releases is None:
+            return
+        # NOTE: a module fixture overriding ``fleet`` (test_operations.py) hides the
+        # conftest one's needs from pytest's closure; the mark says the test needs a release.
+        metafunc.fixturenames.append("suite")
+    for given in metafunc.definition.iter_markers("parametrize"):
+        names = given.args[0]
+        if "suite" in (names.replace(" ", "").split(",") if isinstance(names, str) else names):
+            return
+    suites = releases.args if releases else (SUITE,)
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown:
+        raise pytest.UsageError(f"releases({', '.join(unknown)}): fleet supports {', '.join(SUITES)}")
+    metafunc.parametrize("suite", suites, scope="session")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -73,10 +112,20 @@ def _e2e_can_run() -> None:
 
 
 @pytest.fixture(scope="session")
-def base_tree() -> Path:
-    """The cached Debian 12 root tree every container boots from (built once, ~70 s)."""
+def suite() -> str:
+    """The Debian release of a test left unparametrized: the host's (bookworm).
+
+    NOTE: pytest_generate_tests parametrizes ``suite`` for every test whose fixtures it
+    sees need it; a module fixture overriding ``fleet`` hides that need, so this is its value.
+    """
+    return SUITE
+
+
+@pytest.fixture(scope="session")
+def base_tree(suite: str) -> Path:
+    """The cached root tree of the test's Debian release, that containers boot from (built once, ~50 s)."""
     try:
-        return ensure_base_tree()
+        return ensure_base_tree(suite)
     except E2EError as error:
         pytest.fail(str(error), pytrace=False)
 
@@ -95,8 +144,28 @@ def container(base_tree: Path) -> Iterator[Container]:
 
 
 @pytest.fixture(scope="session")
-def deb() -> Path:
-    """The fleet package under test: ``$FLEET_E2E_DEB``, or what ``make deb`` builds."""
+def release_debs(suite: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The package, and the same at a higher version, built in a container of a release other than
+    the host's (about 95 s, once per session)."""
+    out = tmp_path_factory.mktemp(f"debs-{suite}")
+    with open(REPO / "pyproject.toml", "rb") as f:
+        version = tomllib.load(f)["project"]["version"]
+    try:
+        return build_debs(suite, out, newer=f"{version}+test1")
+    except E2EError as error:
+        pytest.fail(str(error), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def deb(suite: str, request: pytest.FixtureRequest) -> Path:
+    """The fleet package under test, built on the test's release.
+
+    On the host's release (Debian 12): ``$FLEET_E2E_DEB``, or what ``make deb`` builds here.
+    On another: built in a container of that release (``release_debs``).
+    """
+    if suite != SUITE:
+        built: tuple[Path, Path] = request.getfixturevalue("release_debs")
+        return built[0]
     given = os.environ.get("FLEET_E2E_DEB")
     if given:
         path = Path(given).resolve()

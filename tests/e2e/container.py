@@ -1,14 +1,14 @@
-"""Boot a real systemd in a throwaway Debian 12 container, for fleet's end-to-end tests.
+"""Boot a real systemd in a throwaway Debian 12 or 13 container, for fleet's end-to-end tests.
 
 fleet is a set of systemd units plus a Debian package; the only honest test is a real
-systemd as PID 1 installing the real ``.deb``. This module builds a bookworm root tree
-once (``debootstrap``), then boots disposable containers on it with ``systemd-nspawn
---volatile=overlay``: every write lands in a tmpfs, so each container starts clean and
-nothing survives ``stop()``.
+systemd as PID 1 installing the real ``.deb``. This module builds a root tree per Debian
+release once (``debootstrap``), then boots disposable containers on it with
+``systemd-nspawn --volatile=overlay``: every write lands in a tmpfs, so each container
+starts clean and nothing survives ``stop()``.
 
 Example::
 
-    with Container.boot() as c:
+    with Container.boot(base=ensure_base_tree("trixie")) as c:
         c.apt_install("hello")
         print(c.run("hello").stdout)
 """
@@ -36,7 +36,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-SUITE = "bookworm"
+# The Debian releases fleet supports: 12 (oldstable) and 13 (stable).
+SUITES = {"bookworm": "Debian 12", "trixie": "Debian 13"}
+SUITE = "bookworm"  # NOTE: the default, and the release whose sources the host's apt lists.
 VARIANT = "minbase"
 INCLUDE = ("systemd", "systemd-sysv", "dbus", "python3", "curl", "ca-certificates")
 # NOTE: bump when the tree is prepared differently in a way the inputs below don't show.
@@ -115,17 +117,23 @@ def skip_reason() -> str | None:
 # --- the host's apt configuration ------------------------------------------------------
 
 
-def host_mirror() -> str | None:
+def host_mirror(suite: str = SUITE) -> str | None:
     """Return the main Debian mirror URI from the host's apt sources, or None.
 
     NOTE: this machine reaches Debian only through what its own apt config names, so
     debootstrap must use the same URI; None lets debootstrap use its built-in default.
+    A release the host does not list is fetched from the mirror of the one it does.
     """
+    found = _listed_mirror(suite)
+    return found if found is not None or suite == SUITE else _listed_mirror(SUITE)
+
+
+def _listed_mirror(suite: str) -> str | None:
     for path in sorted((HOST_APT / "sources.list.d").glob("*.sources")):
         for stanza in re.split(r"\n\s*\n", path.read_text()):
             fields = _deb822(stanza)
             suites = fields.get("Suites", "").split()
-            if "deb" in fields.get("Types", "").split() and SUITE in suites:
+            if "deb" in fields.get("Types", "").split() and suite in suites:
                 uris = fields.get("URIs", "").split()
                 if uris:
                     return uris[0]
@@ -135,19 +143,30 @@ def host_mirror() -> str | None:
             words = line.split("#", 1)[0].split()
             if len(words) >= 3 and words[0] == "deb":
                 rest = [w for w in words[1:] if not w.startswith("[")]
-                if len(rest) >= 2 and rest[1] == SUITE:
+                if len(rest) >= 2 and rest[1] == suite:
                     return rest[0]
     return None
 
 
-def host_apt_files() -> dict[str, str]:
-    """Return the host's apt files a container needs: sources and network settings.
+def host_apt_files(suite: str = SUITE) -> dict[str, str]:
+    """Return the host's apt files a container of ``suite`` needs: sources and network settings.
 
-    Keys are paths under ``/etc/apt``. Sources are taken whole. Of ``apt.conf.d``, only
-    files that configure fetching (``Acquire::``: proxy, mirror, validity checks) are
-    taken; files with hooks (``Post-Invoke``) call host-only tools and are left out.
-    Credentials (``auth.conf.d``) are deliberately never copied.
+    Keys are paths under ``/etc/apt``. Sources are taken whole, with the host's release
+    renamed to ``suite`` (``bookworm-updates`` becomes ``trixie-updates``). Of
+    ``apt.conf.d``, only files that configure fetching (``Acquire::``: proxy, mirror,
+    validity checks) are taken; files with hooks (``Post-Invoke``) call host-only tools
+    and are left out. Credentials (``auth.conf.d``) are deliberately never copied.
     """
+    files = _host_apt_files()
+    if suite == SUITE:
+        return files
+    return {
+        rel: re.sub(rf"\b{SUITE}\b", suite, text) if rel.startswith("sources.list") else text
+        for rel, text in files.items()
+    }
+
+
+def _host_apt_files() -> dict[str, str]:
     files: dict[str, str] = {}
     if (HOST_APT / "sources.list").is_file():
         files["sources.list"] = (HOST_APT / "sources.list").read_text()
@@ -192,8 +211,10 @@ class Recipe:
     revision: int = RECIPE_REVISION
 
     @classmethod
-    def current(cls) -> Recipe:
-        return cls(SUITE, VARIANT, INCLUDE, host_mirror(), tuple(sorted(host_apt_files().items())))
+    def current(cls, suite: str = SUITE) -> Recipe:
+        if suite not in SUITES:
+            raise E2EError(f"unknown Debian release {suite!r}; fleet supports {', '.join(SUITES)}")
+        return cls(suite, VARIANT, INCLUDE, host_mirror(suite), tuple(sorted(host_apt_files(suite).items())))
 
     def key(self) -> str:
         blob = json.dumps(
@@ -202,14 +223,15 @@ class Recipe:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def ensure_base_tree() -> Path:
-    """Return the cached bookworm root tree, building it first if it is missing.
+def ensure_base_tree(suite: str = SUITE) -> Path:
+    """Return the cached root tree of ``suite``, building it first if it is missing.
 
     Built once per recipe (~45 s), then only read: containers boot it with an overlay.
+    The recipe, and so the cache key, includes the release.
     A file lock makes concurrent test runs wait for one build instead of racing, and
     the tree is built in a temp dir renamed into place, so a half-built tree is never used.
     """
-    recipe = Recipe.current()
+    recipe = Recipe.current(suite)
     root = cache_dir()
     tree = root / f"base-{recipe.key()}"
     if (tree / "usr/lib/systemd/systemd").exists():
@@ -295,11 +317,21 @@ def _running_nspawn_values(option: str) -> set[str]:
     return values
 
 
+def _tree_suite(tree: Path) -> str | None:
+    """Return the release a built base tree holds, from the recipe written into it."""
+    try:
+        suite: str = json.loads((tree / "etc/fleet-e2e-recipe.json").read_text())["suite"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return suite
+
+
 def _prune_trees(keep: Path) -> None:
-    """Delete base trees of older recipes that no running container is booted from."""
+    """Delete base trees of older recipes of the same release that no running container uses."""
     in_use = _running_nspawn_values("directory")
+    suite = _tree_suite(keep)
     for tree in keep.parent.glob("base-*"):
-        if tree.is_dir() and tree != keep and not tree.name.endswith(".tmp"):
+        if tree.is_dir() and tree != keep and not tree.name.endswith(".tmp") and _tree_suite(tree) == suite:
             if str(tree) not in in_use:
                 _say(f"removing the base tree of an older recipe: {tree}")
                 _remove_tree(tree)
@@ -787,15 +819,15 @@ def http_get(port: int, path: str = "/", timeout: float = 5) -> tuple[int, dict[
 
 def _children(pid: int) -> list[int]:
     found: list[int] = []
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
         for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
                 found += [int(p) for p in (task / "children").read_text().split()]
     return found
 
 
 def _status_field(pid: int, name: str) -> str:
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(name + ":"):
                 return line.split(":", 1)[1]

@@ -1,6 +1,7 @@
 """fleetctl against a real systemd: the installed package, driven as an operator drives it.
 
-Each test boots a fresh Debian 12 container (systemd as PID 1), moves fleet.socket to
+Each test boots a fresh Debian 12 container (systemd as PID 1; the core ones, marked
+``releases``, on Debian 13 too), moves fleet.socket to
 a free port (the container shares the host's network), installs the .deb, and then
 runs fleetctl inside and HTTP from the host. "Enabled" is checked twice: as the
 symlinks ``systemctl enable`` writes (what a reboot brings back) and as fleet.service's
@@ -15,7 +16,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from .container import Container
+import pytest
+
+from .container import SUITES, Container
 from .fleet import Fleet, Traffic, every_worker_answers, instances, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,6 +36,7 @@ def assert_one_at_a_time(f: Fleet, order: list[str]) -> None:
 # --- self-healing, and status --------------------------------------------------------
 
 
+@pytest.mark.releases(*SUITES)
 def test_kill_9_is_replaced_within_2_s_and_counted(fleet: Fleet) -> None:
     fleet.fleetctl("scale", "1")
     before = fleet.status()["instances"][0]
@@ -55,6 +59,7 @@ def test_kill_9_is_replaced_within_2_s_and_counted(fleet: Fleet) -> None:
     print(f"kill -9 to a new pid serving: {took:.2f} s")
 
 
+@pytest.mark.releases(*SUITES)
 def test_status_shows_the_socket_and_every_worker(fleet: Fleet) -> None:
     cpus = fleet.box.nproc()
     data = fleet.status()
@@ -88,6 +93,7 @@ def test_status_shows_the_socket_and_every_worker(fleet: Fleet) -> None:
         1, "fleetctl: error: fleetctl scale needs root; run: sudo fleetctl scale 3\n")
 
 
+@pytest.mark.releases(*SUITES)
 def test_a_worker_that_cannot_boot_is_shown_failing_with_its_error(fleet: Fleet) -> None:
     fleet.break_worker("1", "FLEET_APP=nosuch:app")
     fleet.box.run("systemctl", "restart", "--no-block", "fleet-worker@1.service")
@@ -119,6 +125,7 @@ def expected_report(before: int, size: int) -> list[str]:
             f"kept: {ids(range(1, size + 1))}"]  # fmt: skip
 
 
+@pytest.mark.releases(*SUITES)
 def test_scale_makes_exactly_1_to_n_enabled_and_running_and_it_lasts(fleet: Fleet) -> None:
     cpus = fleet.box.nproc()
     size = cpus  # the postinst ran scale auto
@@ -207,6 +214,7 @@ def test_a_failed_scale_is_undone(fleet: Fleet) -> None:
 # --- restart ---------------------------------------------------------------------------
 
 
+@pytest.mark.releases(*SUITES)
 def test_rolling_restart_gives_each_worker_a_new_pid_one_at_a_time(fleet: Fleet) -> None:
     fleet.fleetctl("scale", "3")
     before = fleet.pids()

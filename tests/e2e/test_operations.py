@@ -17,7 +17,7 @@ import pytest
 
 from tests.load import Load
 
-from .container import Container, http_get
+from .container import SUITES, Container, http_get
 from .fleet import Fleet, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +36,7 @@ def install_app(box: Container, name: str, source: str) -> None:
     box.write_file(f"{APPS}/{name}.py", source)
 
 
+@pytest.mark.releases(*SUITES)
 def test_rolling_restart_under_load_loses_nothing(fleet: Fleet) -> None:
     before = fleet.pids()
     with Load(fleet.port, seconds=10, connections=20) as load:

@@ -1,7 +1,8 @@
 """The fleet package in a real systemd: install, serve, stop, re-port, upgrade, purge.
 
-Each test boots a fresh Debian 12 container (systemd as PID 1) and drives it only
-through what a user runs: apt, systemctl, fleetctl, and HTTP from the host. The
+Each test runs twice, on Debian 12 and on Debian 13, each with the package built on
+that release: it boots a fresh container (systemd as PID 1) and drives it only
+through what a user runs: apt, systemctl, fleetctl, bash, and HTTP from the host. The
 container shares the host's network, so every test first moves fleet.socket to a
 free port with a drop-in, the way a user changes the port.
 """
@@ -16,10 +17,20 @@ from pathlib import Path
 
 import pytest
 
-from .container import CLEAN_PATH, Container, free_port, http_get
-from .fleet import Fleet, Traffic, every_worker_answers, install_fleet, instances, set_port, wait_for
+from .container import CLEAN_PATH, SUITE, SUITES, Container, free_port, http_get, port_is_free
+from .fleet import (
+    PORT_DROP_IN,
+    Fleet,
+    Traffic,
+    every_worker_answers,
+    install_fleet,
+    instances,
+    set_port,
+    wait_for,
+)
 
 REPO = Path(__file__).resolve().parent.parent.parent
+pytestmark = pytest.mark.releases(*SUITES)
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -61,8 +72,13 @@ def refuses(port: int) -> bool:
 
 
 @pytest.fixture(scope="session")
-def newer_deb(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same package with a higher version, to upgrade to (built once per session)."""
+def newer_deb(
+    suite: str, deb: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Path:
+    """The same package with a higher version, to upgrade to (built once per session and release)."""
+    if suite != SUITE:
+        built: tuple[Path, Path] = request.getfixturevalue("release_debs")
+        return built[1]
     version = deb.name.split("_")[1] + "+test1"
     outdir = tmp_path_factory.mktemp("newer-deb")
     result = subprocess.run(
@@ -236,7 +252,11 @@ def test_purge_leaves_nothing_behind(fleet: Fleet) -> None:
             f"{path} should exist before the purge, or this test proves nothing about removing it"
         )
 
-    box.run("apt-get", "purge", "-y", "fleet", env={"DEBIAN_FRONTEND": "noninteractive"})
+    purge = box.run("apt-get", "purge", "-y", "fleet", env={"DEBIAN_FRONTEND": "noninteractive"})
+    # NOTE: dpkg warns e.g. "directory '/lib/systemd/system' not empty so not removed" when
+    # a Debian 13 package ships files under /lib (merged /usr).
+    warnings = [line for line in (purge.stdout + purge.stderr).splitlines() if "warning" in line.lower()]
+    assert warnings == [], f"apt purge warned: {warnings}"
 
     assert fleet.pids() == {}
     assert refuses(port), f"port {port} still answers after the purge"
@@ -271,3 +291,77 @@ def test_purge_leaves_nothing_behind(fleet: Fleet) -> None:
     ).stdout.split()
     ours = [p for p in found if not p.startswith("/var/tmp/fleet_") and "fleet-e2e" not in p]
     assert ours == [], f"left behind by the purge: {ours}"
+
+
+def test_installing_with_the_port_taken_says_who_holds_it_and_nothing_loops(
+    container: Container, deb: Path
+) -> None:
+    box, port = container, free_port()
+    set_port(box, port)
+    # Another program on fleet's port, as a web server already installed would be.
+    box.run("systemd-run", "--unit=squatter", "--property=Type=exec",
+            "python3", "-m", "http.server", "--bind", "127.0.0.1", str(port))  # fmt: skip
+    wait_for(lambda: port_is_free(port), lambda free: not free, 30, f"the squatter listening on {port}")
+    squatter = box.run("systemctl", "show", "--property=MainPID", "--value", "squatter").stdout.strip()
+
+    result = box.install_deb(deb)
+    out = (result.stdout + result.stderr).rstrip().splitlines()
+    wanted = f"fleet.socket cannot listen: port {port} is taken by python3 (pid {squatter})."
+    assert wanted in out, f"apt install did not say who holds port {port}:\n" + "\n".join(out[-25:])
+    ending = "\n".join(out[-8:])
+    assert "sudo systemctl edit fleet.socket" in ending and "/etc/systemd/system/fleet.socket.d/" in ending, (
+        f"apt install must end with the drop-in that moves the port:\n{ending}"
+    )
+
+    # Nothing loops: once systemd has no job left, no worker was started and none restarts.
+    wait_for(lambda: box.run("systemctl", "list-jobs", "--no-legend").stdout.strip(), lambda jobs: jobs == "",
+             30, "systemd jobs after the install")  # fmt: skip
+    fleet = Fleet(box, port)
+    cpus = box.nproc()
+    assert fleet.enabled() == instances(cpus), "the install should still scale to one worker per CPU"
+    for i in sorted(instances(cpus)):
+        worker = fleet.properties(f"fleet-worker@{i}.service", "ActiveState", "NRestarts", "ExecMainPID")
+        assert worker == {"ActiveState": "inactive", "NRestarts": "0", "ExecMainPID": "0"}, (
+            f"worker {i} was started without its socket: {worker}"
+        )
+    status = fleet.fleetctl("status").stdout
+    assert wanted in status.splitlines(), status
+    assert status.rstrip().endswith("sudo systemctl restart fleet.socket"), status
+
+    # The fix it prints works: a drop-in with a free port, then restart the socket.
+    fleet.port = free_port()
+    box.run("rm", PORT_DROP_IN)
+    box.write_file("/etc/systemd/system/fleet.socket.d/override.conf",
+                   f"[Socket]\nListenStream=\nListenStream={fleet.port}\n")  # fmt: skip
+    box.run("systemctl", "daemon-reload")
+    box.run("systemctl", "restart", "fleet.socket")
+    get_hello(fleet.port, "after moving the port as fleetctl status says", timeout=30)
+    wait_for(fleet.running, lambda r: r == instances(cpus), 30, "workers after the fix")
+
+
+def test_bash_completes_fleetctl_once_bash_completion_is_installed(fleet: Fleet) -> None:
+    box = fleet.box
+    box.apt_install("bash-completion")
+    fleet.fleetctl("scale", "2")
+
+    def complete(line: str) -> list[str]:
+        # NOTE: what an interactive bash does on TAB: bash-completion loads the file
+        # named after the command on first use, and `complete -p` names its function.
+        words = line.split() + ([""] if line.endswith(" ") else [])
+        script = (
+            ". /usr/share/bash-completion/bash_completion\n"
+            "_comp_load fleetctl 2>/dev/null || __load_completion fleetctl\n"
+            "complete -p fleetctl >&2\n"
+            f"COMP_WORDS=({' '.join(repr(w) for w in words)}); COMP_CWORD={len(words) - 1}\n"
+            f"COMP_LINE='{line}'; COMP_POINT=${{#COMP_LINE}}\n"
+            'function=$(complete -p fleetctl | sed -n "s/.*-F \\([^ ]*\\) .*/\\1/p")\n'
+            '"$function" fleetctl "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"\n'
+            'printf "%s\\n" "${COMPREPLY[@]}"\n'
+        )
+        result = box.run("bash", "-c", script)
+        assert result.stderr.strip() == "complete -F _fleetctl fleetctl", result.stderr
+        return [w for w in result.stdout.splitlines() if w]
+
+    assert complete("fleetctl ") == ["scale", "status", "restart", "logs", "drain", "undrain"]
+    assert complete("fleetctl status --") == ["--help", "--json"]
+    assert sorted(complete("fleetctl logs ")) == ["1", "2"]
