@@ -61,6 +61,10 @@ RELIEF_POLL = 0.005
 # requests that wait are being served one at a time, and the threads take over.
 WAIT_SAMPLES = 8
 WAIT_SHARE = 0.5
+# A batch that neither computes FLEET_INLINE_MAX nor is seen waiting on I/O
+# (a lock, a preempted thread) is stood in for after this many times it in
+# wall time, so the worker's other connections are never left unpolled long.
+WALL_LIMIT_FACTOR = 10
 # With no request served inline for this long, the relief thread sleeps until one is.
 RELIEF_IDLE = 0.2
 # After a request waited or ran long inline, requests go to the pool for a
@@ -452,6 +456,10 @@ class LoopThread:
         (then, cpu_then), self._last = self._last, (now, cpu)
         return now - then < 0.1 and cpu - cpu_then < WAIT_SHARE * (now - then)
 
+    def cpu(self) -> float:
+        """Seconds of CPU the thread has used."""
+        return time.clock_gettime(self._clock)
+
     def close(self) -> None:
         if self._wchan is not None:
             os.close(self._wchan)
@@ -467,7 +475,7 @@ class Relief:
     every RELIEF_CHECK while it serves: asleep on I/O in two looks in a row
     within one batch, or in WAIT_SHARE of WAIT_SAMPLES looks, the requests
     wait and are served one at a time; the threads take over. A batch that
-    still waits, or that ran FLEET_INLINE_MAX, is stood in for: the relief
+    still waits, or that used FLEET_INLINE_MAX of CPU, is stood in for: the relief
     thread takes the loop over, hands the requests queued behind to the pool
     and runs the loop until the batch ends. Then the pool serves for a
     cool-down (COOLDOWN_MIN up to COOLDOWN_MAX). The relief thread sleeps
@@ -518,6 +526,7 @@ class Relief:
         last_busy = time.monotonic()
         looks = asleep = 0  # looks inside a batch, and how many found the loop thread asleep on I/O
         last_asleep_in = 0.0  # the batch the last look found asleep in
+        watched = cpu_at_first_look = 0.0  # the batch being timed, and the loop's CPU clock then
         while not server.closing:
             active.wait()
             time.sleep(RELIEF_CHECK)
@@ -531,9 +540,15 @@ class Relief:
                 continue
             last_busy = now
             # NOTE: a batch begun before a hand-over is watched too: the loop
-            # thread serving it is not polling.
-            if now - since >= self.limit:
-                self._relieve(since, housekeeping, f"a request ran {(now - since) * 1000:.0f} ms on the loop")
+            # thread serving it is not polling. Its CPU time counts from the
+            # first look at it, not its wall time: a thread preempted on a busy
+            # machine is not computing, and the threads would not serve faster.
+            cpu = self.loop.cpu()
+            if since != watched:
+                watched, cpu_at_first_look = since, cpu
+            elif cpu - cpu_at_first_look >= self.limit or now - since >= WALL_LIMIT_FACTOR * self.limit:
+                ran = f"{(cpu - cpu_at_first_look) * 1000:.0f} ms of CPU in {(now - since) * 1000:.0f} ms"
+                self._relieve(since, housekeeping, f"a request ran {ran} on the loop")
                 continue
             looks += 1
             if self.loop.asleep_on_io():
