@@ -8,11 +8,12 @@
     bench.apps:django     a Django view: an ORM query on SQLite rendered by a template
     bench.apps:mix        9 requests in 10 fast, every 10th waits 50 ms (a counter per process)
 
-Every app answers with an ``X-Worker-Pid`` header, as Node's workers do and fleet's
-``X-Fleet-Worker`` does, so the fault runs can tell which worker answered and every
-peer pays for one extra header; ``GET /_bench/app`` answers the app's name, so the
-bench can tell a peer switched apps. Django is imported only by the ``django`` app,
-on its first request.
+Every app reads a POSTed body whole and answers its length (the slow-body attack of
+bench/hostile.py needs a server to take one). Every answer has an ``X-Worker-Pid``
+header, as Node's workers do and fleet's ``X-Fleet-Worker`` does, so the fault runs can
+tell which worker answered and every peer pays for one extra header. ``GET /_bench/app``
+answers the app's name, so the bench can tell a peer switched apps. Django is imported
+only by the ``django`` app, on its first request.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def _served(name: str, inner: App) -> App:
         if environ.get("PATH_INFO") == "/_bench/app":
             start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(tag)))])
             return [tag]
+        if environ.get("REQUEST_METHOD") == "POST":
+            return _upload(environ, start_response)
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             # NOTE: asked per request: at import it would name a forking server's master.
@@ -55,6 +58,15 @@ def _served(name: str, inner: App) -> App:
         return inner(environ, start)
 
     return wsgi
+
+
+def _upload(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """Read a POSTed body whole, as a form or upload handler would (the slow-body attack's target)."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    got = len(environ["wsgi.input"].read(length)) if length > 0 else 0
+    status, headers, out = _text(f"got {got} bytes\n".encode())
+    start_response(status, headers)
+    return out
 
 
 def _text(body: bytes) -> tuple[str, list[tuple[str, str]], list[bytes]]:
