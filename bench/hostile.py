@@ -382,12 +382,12 @@ async def many_headers(
                     await writer.drain()
                     statuses[await _read_response(reader) or "EOF"] += 1
                     took.append(time.monotonic() - started)
-            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-                statuses[
-                    "closed or reset" if isinstance(exc, (OSError, asyncio.IncompleteReadError)) else "?"
-                ] += 1
-            except TimeoutError:
+            except TimeoutError:  # NOTE: before OSError, of which it is a subclass
                 statuses["no answer in 5 s"] += 1
+            except (OSError, asyncio.IncompleteReadError):
+                statuses["closed or reset"] += 1
+            except ValueError:
+                statuses["not HTTP"] += 1
             finally:
                 writer.transport.abort()
 
@@ -401,7 +401,8 @@ async def many_headers(
         await asyncio.gather(*tasks, return_exceptions=True)
     answers = ", ".join(f"{s} ×{n}" for s, n in statuses.most_common())
     median = f"; median {statistics.median(took) * 1000:.0f} ms per request" if took else ""
-    note.append(f"{sum(statuses.values())} requests: {answers or 'none answered'}{median}")
+    failed = "".join(f"; {e} ×{n}" for e, n in errors.most_common(2))
+    note.append(f"{sum(statuses.values())} requests: {answers or 'none answered'}{median}{failed}")
 
 
 async def kill_storm(
