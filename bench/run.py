@@ -93,7 +93,8 @@ QUICK_PEERS = {
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="one short round of everything: a smoke run")
-    p.add_argument("--rounds", type=int, help="rounds of Hello World (default 3)")
+    p.add_argument("--rounds", type=int, help="rounds of Hello World (default 3; 0: faults and attacks only)")
+    p.add_argument("--fault-rounds", type=int, help="rounds of kill -9 under load (default 2)")
     p.add_argument("--duration", type=float, help="seconds of load per Hello World measurement (default 8)")
     p.add_argument("--app-rounds", type=int, help="rounds of every other app (default 1)")
     p.add_argument(
@@ -161,7 +162,7 @@ class Plan:
     @classmethod
     def of(cls, args: argparse.Namespace) -> Plan:
         quick = args.quick
-        rounds = args.rounds or (1 if quick else 3)
+        rounds = args.rounds if args.rounds is not None else (1 if quick else 3)
         return cls(
             rounds=rounds,
             duration=args.duration or (3.0 if quick else 8.0),
@@ -170,7 +171,7 @@ class Plan:
             app_duration=args.app_duration or (2.0 if quick else 5.0),
             app_warmup=1.0,
             # NOTE: fewer than Hello World's rounds, to keep the full run near 20 minutes.
-            fault_rounds=1 if quick else min(rounds, 2),
+            fault_rounds=args.fault_rounds if args.fault_rounds is not None else 1 if quick else 2,
             fault_duration=6.0 if quick else 12.0,
             scaling_rounds=1 if quick else min(rounds, 2),
             attack_seconds=3.0 if quick else 10.0,
@@ -274,9 +275,14 @@ def main(argv: list[str] | None = None) -> int:
         if hello and not args.no_faults:
             for r in range(plan.fault_rounds):
                 for key in [k for k in FAULT_PEERS if k in peers and subset("faults")(k)]:
-                    f = load.fault(peers[key], plan.fault_duration, kill_at)
-                    peers[key].wait_ready()
-                    run.faults.setdefault(key, []).append(f)
+                    try:
+                        f = load.fault(peers[key], plan.fault_duration, kill_at)
+                        run.faults.setdefault(key, []).append(f)
+                        revive(peers[key], run)
+                    except (PeerError, OSError, ValueError) as exc:
+                        run.notes.append(f"kill -9 of {peers[key].label} failed: {exc}".splitlines()[0])
+                        say(f"  kill -9 of {key} failed: {exc}")
+                        continue
                     load.save_raw(results / f"fault-{key}.txt", f"# round {r + 1}\n{f.wrk.raw}")
                     say(
                         f"fault {r + 1}/{plan.fault_rounds} {key:17} failed {f.wrk.failed} (victim had "
@@ -323,6 +329,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def revive(peer: Peer, run: report.Run) -> None:
+    """After a kill -9: wait for the peer to serve again; start it anew if it cannot.
+
+    NOTE: granian, by default, shuts down entirely when a worker dies unexpectedly
+    (``--respawn-failed-workers`` is off); the report says so rather than the run ending.
+    """
+    try:
+        peer.wait_ready()
+        return
+    except PeerError:
+        pass
+    note = f"{peer.label} stopped serving after one worker was killed; the bench started it again"
+    if note not in run.notes:
+        run.notes.append(note)
+    say(f"  {note}")
+    peer.stop()
+    peer.start()
+
+
 def serves(key: str, app: str) -> bool:
     measured = PEERS[key][2]
     return measured is None or app in measured
@@ -356,7 +381,11 @@ def measure_rounds(
         order = keys[r % max(1, len(keys)) :] + keys[: r % max(1, len(keys))]
         measured: dict[str, load.Measure] = {}
         for key in order:
-            m = load.measure(peers[key], duration, warmup)
+            try:
+                m = load.measure(peers[key], duration, warmup)
+            except (PeerError, OSError, ValueError) as exc:
+                say(f"  {key} not measured with {app}: {exc}")
+                continue
             measured[key] = m
             load.save_raw(results / f"wrk-{app}-{key}.txt", f"# round {r + 1}\n{m.wrk.raw}")
             say(
