@@ -67,6 +67,52 @@ def load_run(path: Path) -> Run:
     return Run(**data)
 
 
+STOPPED_EARLY = "The run stopped early on an error; see the bench's output."
+
+
+def merge(runs: list[Run], order: Sequence[str]) -> Run:
+    """One report from several runs of different stages: each section from the last run that has it.
+
+    Example: Hello World from a full run that stopped in the kill -9 stage, the rest
+    from ``bench/run.py --rounds 0`` (``--report-only A/run.json --report-only B/run.json``).
+    """
+    parts = [f"{run.started} (measured: {', '.join(stages(run)) or 'nothing'})" for run in runs]
+    out = runs[0]
+    for later in runs[1:]:
+        for name in ("rounds", "apps", "scaling", "faults", "cold_ms", "hostile"):
+            if getattr(later, name):
+                setattr(out, name, getattr(later, name))
+        out.labels = {**out.labels, **later.labels}
+        out.versions = {**out.versions, **later.versions}
+        out.config = {**out.config, **{k: v for k, v in later.config.items() if k not in ("load", "rounds")}}
+        kept = [n for n in out.notes if n != STOPPED_EARLY]
+        out.notes = kept + [n for n in later.notes if n not in kept]
+        out.seconds += later.seconds
+        if later.fleet_key == "fleet":
+            out.fleet_key = "fleet"
+    rank = {k: i for i, k in enumerate(order)}
+    out.labels = {k: out.labels[k] for k in sorted(out.labels, key=lambda k: rank.get(k, len(rank)))}
+    if len(runs) > 1:
+        out.notes.insert(
+            0,
+            "This report joins runs of different stages, each section from the last run that "
+            "measured it: " + "; ".join(parts) + ".",
+        )
+    return out
+
+
+def stages(run: Run) -> list[str]:
+    named = (
+        ("Hello World", run.rounds),
+        ("scaling", run.scaling),
+        ("kill -9", run.faults),
+        ("other apps", run.apps),
+        ("cold start", run.cold_ms),
+        ("hostile", run.hostile),
+    )
+    return [name for name, value in named if value]
+
+
 def med(values: Sequence[float | None]) -> float:
     clean = [v for v in values if v is not None and not math.isnan(v)]
     return statistics.median(clean) if clean else float("nan")
@@ -630,7 +676,7 @@ def app_chart(run: Run, path: Path) -> None:
             ax.tick_params(axis="x", labelsize=7)
             ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"bench.apps, wrk -c50, {run.config.get('cpus', '?')} CPUs ({run.started})", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

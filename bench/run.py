@@ -129,8 +129,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--report-only",
         type=Path,
+        action="append",
         metavar="RUN_JSON",
-        help="render the report again from a run's bench/results/<time>/run.json; measure nothing",
+        help="render the report again from a run's bench/results/<time>/run.json; measure nothing "
+        "(repeatable: each section from the last run that has it)",
     )
     p.add_argument(
         "--out",
@@ -184,7 +186,7 @@ class Plan:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.report_only:
-        run = report.load_run(args.report_only)
+        run = report.merge([report.load_run(path) for path in args.report_only], list(PEERS))
         if ANALYSIS.exists():
             run.extra_md = ANALYSIS.read_text()
         write_report(run, args.out)
@@ -314,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     except Exception:
         traceback.print_exc()
-        run.notes.append("The run stopped early on an error; see the bench's output.")
+        run.notes.append(report.STOPPED_EARLY)
     finally:
         for peer in peers.values():
             peer.stop()
