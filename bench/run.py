@@ -160,6 +160,7 @@ class Plan:
     cold_runs: int
     quiet_budget: float  # seconds the whole run may wait for the machine's other work to calm down
     retries: int  # measurements made again when the machine was busy
+    retry_budget: float  # seconds of load the whole run may spend on them
 
     @classmethod
     def of(cls, args: argparse.Namespace) -> Plan:
@@ -178,8 +179,9 @@ class Plan:
             scaling_rounds=1 if quick else min(rounds, 2),
             attack_seconds=3.0 if quick else 10.0,
             cold_runs=1 if quick else 3,
-            quiet_budget=20.0 if quick else 150.0,
+            quiet_budget=20.0 if quick else 120.0,
             retries=0 if quick else 1,
+            retry_budget=0.0 if quick else 120.0,
         )
 
 
@@ -194,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan.of(args)
     load.Quiet.budget = plan.quiet_budget
     load.RETRIES = plan.retries
+    load.RETRY_BUDGET = plan.retry_budget
     kill_at = 3.0
     cpus = usable_cpus()
     wanted_apps = [a for a in apps.NAMES if not args.app or a in args.app]
@@ -338,7 +341,7 @@ def revive(peer: Peer, run: report.Run) -> None:
     (``--respawn-failed-workers`` is off); the report says so rather than the run ending.
     """
     try:
-        peer.wait_ready()
+        peer.wait_ready(timeout=10)
         return
     except PeerError:
         pass
