@@ -1,8 +1,11 @@
 """The servers compared: how each is started, which processes are its workers, how it is stopped.
 
-Every peer serves the same app (``GET /`` -> ``200 Hello World!``, text/plain) on
-127.0.0.1 with one worker per usable CPU, and names the worker that answered in a
-response header, so the fault runs can follow the replacement of a killed worker.
+Every Python peer serves the same WSGI callable from ``bench/apps.py`` (``hello``,
+``sleep20``, ``django``...; :meth:`Peer.serve` switches it) on 127.0.0.1 with one worker
+per usable CPU and, where the server has threads, fleet's default of 4 per worker; Node
+serves Hello World only. Every answer names the worker that answered in a header, so
+the fault runs can follow the replacement of a killed worker. The PyPI peers (granian,
+uWSGI, Django) come from the bench's own venv, ``build/bench-venv`` (:func:`ensure_venv`).
 """
 
 from __future__ import annotations
@@ -24,8 +27,22 @@ from bench import procs
 
 REPO = Path(__file__).resolve().parent.parent
 NODE_DIR = REPO / "bench" / "node"
-PYTHON = "/usr/bin/python3"  # Debian's: it has falcon, waitress, systemd and gunicorn
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's: it has falcon, waitress, systemd and gunicorn
+VENV = REPO / "build" / "bench-venv"
+# NOTE: the venv sees Debian's site-packages too (--system-site-packages), so every
+# Python peer runs the same interpreter with the same falcon, waitress and gunicorn,
+# plus what only PyPI has. Pinned, so a run is repeatable.
+REQUIREMENTS = REPO / "bench" / "requirements.txt"
+PYTHON = str(VENV / "bin" / "python")
+
+
+def python() -> str:
+    """The venv's interpreter; Debian's own before the venv exists (fleet-bare's experiments)."""
+    return PYTHON if Path(PYTHON).exists() else SYSTEM_PYTHON
+
 CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+APP_ROOT = "/opt/fleet-bench"  # where the fleet container sees bench/ and the venv's packages
+THREADS = 4  # per worker, where a peer has threads: fleet's default FLEET_THREADS
 
 
 def usable_cpus() -> int:
@@ -49,6 +66,39 @@ def base_env(**extra: str) -> dict[str, str]:
     }
     env.update(extra)
     return env
+
+
+def ensure_venv() -> None:
+    """Create build/bench-venv with granian, pyuwsgi and Django from PyPI, once.
+
+    ``packaging/install-deps --bench`` does the same; this makes ``bench/run.py`` work
+    on its own too.
+    """
+    stamp = VENV / ".requirements"
+    wanted = REQUIREMENTS.read_text()
+    if stamp.exists() and stamp.read_text() == wanted:
+        return
+    if not (VENV / "bin" / "python").exists():
+        subprocess.run([SYSTEM_PYTHON, "-m", "venv", "--system-site-packages", str(VENV)], check=True)
+    subprocess.run(
+        [PYTHON, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", str(REQUIREMENTS)],
+        check=True,
+    )
+    stamp.write_text(wanted)
+
+
+def site_packages() -> Path:
+    """The bench venv's own site-packages (Django, granian, pyuwsgi)."""
+    found = sorted((VENV / "lib").glob("python3*/site-packages"))
+    if not found:
+        raise PeerError(f"no site-packages in {VENV}: run packaging/install-deps --bench")
+    return found[0]
+
+
+def make_django_db() -> None:
+    """(Re)create the Django app's read-only SQLite database before servers open it."""
+    argv = [PYTHON, "-m", "bench.djangosite.makedb"]
+    subprocess.run(argv, check=True, env=base_env(), cwd=REPO, stdout=subprocess.DEVNULL)
 
 
 def get(port: int, path: str = "/", timeout: float = 2.0) -> tuple[int, dict[str, str], bytes]:
@@ -80,9 +130,32 @@ class Peer:
     ident_header: str = "x-worker-pid"
     #: True when a replacement answers with its victim's identity (fleet's instance number)
     reuses_ident: bool = False
+    #: the bench/apps.py callable served
+    app: str = "hello"
+    #: the apps this peer can serve (None: every one)
+    apps: tuple[str, ...] | None = None
 
     def start(self) -> None:
         raise NotImplementedError
+
+    def can_serve(self, app: str) -> bool:
+        return self.apps is None or app in self.apps
+
+    def serve(self, app: str) -> None:
+        """Serve ``app`` from now on: by default a restart with it."""
+        if app == self.app:
+            return
+        self.stop()
+        self.app = app
+        self.start()
+
+    def target(self) -> str:
+        return f"bench.apps:{self.app}"
+
+    def serves_app(self) -> bool:
+        """Does a new connection reach a worker serving ``self.app``?"""
+        status, _, body = get(self.port, "/_bench/app", timeout=5.0)
+        return status == 200 and body == self.app.encode()
 
     def pids(self) -> list[int]:
         """Every process of the server (master included): its CPU time is the server's cost."""
@@ -103,17 +176,16 @@ class Peer:
         return ""
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Wait until every worker exists and the port answers ``Hello World!``."""
+        """Wait until every worker exists and the port answers with ``self.app``."""
         deadline = time.monotonic() + timeout
         last = "no answer"
         while time.monotonic() < deadline:
             try:
-                status, headers, body = get(self.port)
-                if status == 200 and body == b"Hello World!" and len(self.workers()) >= self.workers_wanted:
+                if self.serves_app() and len(self.workers()) >= self.workers_wanted:
                     time.sleep(0.3)  # NOTE: the last worker may still be importing the app.
                     return
-                last = f"{status} {body[:60]!r}, {len(self.workers())} workers"
-            except OSError as exc:
+                last = f"not serving {self.app}, {len(self.workers())} workers"
+            except (OSError, http.client.HTTPException) as exc:
                 last = str(exc)
             time.sleep(0.05)
         raise PeerError(
@@ -160,6 +232,12 @@ class LaunchedPeer(Peer):
 class NodeCluster(LaunchedPeer):
     """Node's cluster module + Express: the master forks os.cpus().length workers."""
 
+    apps: tuple[str, ...] | None = ("hello",)
+
+    def serves_app(self) -> bool:
+        status, _, body = get(self.port, timeout=5.0)
+        return status == 200 and body == b"Hello World!"
+
     def argv(self) -> list[str]:
         return ["node", str(NODE_DIR / "server.js")]
 
@@ -196,14 +274,14 @@ def express_version() -> str:
 
 @dataclass
 class Gunicorn(LaunchedPeer):
-    """gunicorn with one worker per CPU (sync, or gthread with ``threads``), bench.apps:app."""
+    """gunicorn with one worker per CPU (sync, or gthread with ``threads``), bench.apps:<app>."""
 
     worker_class: str = "sync"
-    threads: int = 4
+    threads: int = THREADS
 
     def argv(self) -> list[str]:
         argv = [
-            PYTHON,
+            python(),
             "-m",
             "gunicorn",
             "--workers",
@@ -215,7 +293,7 @@ class Gunicorn(LaunchedPeer):
         ]
         if self.worker_class == "gthread":
             argv += ["--threads", str(self.threads)]
-        return [*argv, "bench.apps:app"]
+        return [*argv, self.target()]
 
     def version(self) -> str:
         return f"gunicorn {_py('import gunicorn; print(gunicorn.__version__)')}"
@@ -225,7 +303,7 @@ class Gunicorn(LaunchedPeer):
 class OneWaitress(LaunchedPeer):
     """One waitress process (4 threads, its default), the per-core baseline."""
 
-    threads: int = 4
+    threads: int = THREADS
     workers_wanted: int = 1
 
     def argv(self) -> list[str]:
@@ -234,13 +312,73 @@ class OneWaitress(LaunchedPeer):
         code = (
             "import logging, sys; logging.basicConfig();"
             "logging.getLogger('waitress.queue').setLevel(logging.ERROR);"
-            "from waitress import serve; from bench.apps import app;"
-            "serve(app, listen=sys.argv[1], threads=int(sys.argv[2]))"
+            "from waitress import serve; from pkgutil import resolve_name;"
+            "serve(resolve_name(sys.argv[3]), listen=sys.argv[1], threads=int(sys.argv[2]))"
         )
-        return [PYTHON, "-c", code, f"127.0.0.1:{self.port}", str(self.threads)]
+        return [python(), "-c", code, f"127.0.0.1:{self.port}", str(self.threads), self.target()]
 
     def workers(self) -> list[int]:
         return self.pids()[:1]
+
+
+@dataclass
+class Granian(LaunchedPeer):
+    """granian (Rust, from PyPI): ``--interface wsgi``, one worker per CPU, 4 blocking threads each."""
+
+    threads: int = THREADS
+
+    def argv(self) -> list[str]:
+        return [
+            str(VENV / "bin" / "granian"),
+            "--interface",
+            "wsgi",
+            "--workers",
+            str(self.workers_wanted),
+            "--blocking-threads",
+            str(self.threads),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--no-ws",
+            self.target(),
+        ]
+
+    def env(self) -> dict[str, str]:
+        return base_env(PATH=f"{VENV / 'bin'}:{CLEAN_PATH}")
+
+    def version(self) -> str:
+        return f"granian {_output([str(VENV / 'bin' / 'granian'), '--version']).split()[-1]}"
+
+
+@dataclass
+class UWSGI(LaunchedPeer):
+    """uWSGI (pyuwsgi from PyPI): a master and one process per CPU, 4 threads each, HTTP/1.1."""
+
+    threads: int = THREADS
+
+    def argv(self) -> list[str]:
+        return [
+            str(VENV / "bin" / "uwsgi"),
+            "--http11-socket",
+            f"127.0.0.1:{self.port}",
+            "--master",
+            "--processes",
+            str(self.workers_wanted),
+            "--threads",
+            str(self.threads),
+            "--module",
+            self.target(),
+            "--need-app",
+            "--disable-logging",
+            "--die-on-term",
+        ]
+
+    def env(self) -> dict[str, str]:
+        return base_env(PATH=f"{VENV / 'bin'}:{CLEAN_PATH}")
+
+    def version(self) -> str:
+        return f"uWSGI {_output([str(VENV / 'bin' / 'uwsgi'), '--version'])} (pyuwsgi)"
 
 
 @dataclass
@@ -284,9 +422,11 @@ class FleetBare(Peer):
         def at_fd3() -> None:
             os.dup2(fd, 3)
 
-        env = base_env(LISTEN_FDS="1", FLEET_INSTANCE=str(instance), **self.fleet_env)
+        env = base_env(
+            LISTEN_FDS="1", FLEET_INSTANCE=str(instance), FLEET_APP=self.target(), **self.fleet_env
+        )
         # NOTE: LISTEN_PID must be the worker's own pid: the shell sets it, then execs.
-        argv = ["sh", "-c", f'LISTEN_PID=$$ exec "$0" -m {self.module}', PYTHON]
+        argv = ["sh", "-c", f'LISTEN_PID=$$ exec "$0" -m {self.module}', python()]
         return procs.Launched(
             argv,
             env=env,
@@ -349,7 +489,7 @@ class FleetSystemd(Peer):
 
     def start(self) -> None:
         sys.path.insert(0, str(REPO))
-        from tests.e2e.container import Container, newest_deb
+        from tests.e2e.container import Bind, Container, newest_deb
         from tests.e2e.container import free_port as container_port
 
         deb = self.deb or newest_deb(REPO / "dist")
@@ -357,20 +497,42 @@ class FleetSystemd(Peer):
             raise PeerError("no dist/fleet_*_all.deb to install: run make deb, or pass --deb PATH")
         self.deb = deb
         self.port = self.port or container_port()
-        box = Container.boot("fleet-bench", log_path=self.log_dir / f"{self.key}-console.log")
+        # NOTE: the bench's apps and the venv's site-packages (Django), read-only, as an
+        # app deployed beside the package would be; not the repo root, whose fleet/
+        # would shadow the installed package.
+        binds = [Bind(REPO / "bench", f"{APP_ROOT}/bench", read_only=True)]
+        if VENV.exists():
+            binds.append(Bind(site_packages(), f"{APP_ROOT}/site-packages", read_only=True))
+        box = Container.boot("fleet-bench", binds=binds, log_path=self.log_dir / f"{self.key}-console.log")
         self.container = box
         box.write_file(
             "/etc/systemd/system/fleet.socket.d/port.conf",
             f"[Socket]\nListenStream=\nListenStream={self.port}\n",
         )
         box.install_deb(deb)
-        if self.fleet_env:
-            # As a user configures it: /etc/default/fleet, then a rolling restart.
-            lines = "".join(f"{k}={v}\n" for k, v in self.fleet_env.items())
-            box.run("sh", "-c", f"printf '{lines}' >> /etc/default/fleet")
-            box.run("fleetctl", "restart")
+        box.run("cp", "/etc/default/fleet", "/etc/default/fleet.shipped")
         self.workers_wanted = box.nproc()
-        self.wait_ready(timeout=20)
+        self._configure()
+
+    def _configure(self) -> None:
+        """Write /etc/default/fleet as a user would (the shipped file + our lines), restart."""
+        box = self._box()
+        settings = {
+            "FLEET_APP": self.target(),
+            "PYTHONPATH": f"{APP_ROOT}:{APP_ROOT}/site-packages",
+            **self.fleet_env,
+        }
+        lines = "".join(f"{k}={v}\n" for k, v in settings.items())
+        box.sh(f"cat /etc/default/fleet.shipped - > /etc/default/fleet <<'EOF'\n{lines}EOF")
+        box.run("fleetctl", "restart", timeout=180)
+        self.wait_ready(timeout=60)
+
+    def serve(self, app: str) -> None:
+        """Point FLEET_APP at ``app``, then ``fleetctl restart``: the container stays up."""
+        if app == self.app:
+            return
+        self.app = app
+        self._configure()
 
     def _box(self) -> Any:
         if self.container is None:
@@ -404,7 +566,7 @@ class FleetSystemd(Peer):
         started = time.monotonic()
         status, _, body = get(self.port, timeout=20)
         took = (time.monotonic() - started) * 1000
-        if status != 200 or body != b"Hello World!":
+        if status != 200:
             raise PeerError(f"the first request after starting fleet.socket got {status} {body[:60]!r}")
         self.wait_ready(timeout=30)
         return took

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.hostile import ATTACKS, Hostile
 from bench.load import Fault, Measure
 
 MiB = 2**20
@@ -30,11 +31,13 @@ class Run:
     machine: dict[str, str]
     versions: dict[str, str]
     labels: dict[str, str]  # peer key -> label, in the report's order
-    rounds: list[dict[str, Measure]] = field(default_factory=list)
+    rounds: list[dict[str, Measure]] = field(default_factory=list)  # Hello World
+    apps: dict[str, list[dict[str, Measure]]] = field(default_factory=dict)  # every other app
     scaling: dict[int, list[Measure]] = field(default_factory=dict)
     faults: dict[str, list[Fault]] = field(default_factory=dict)
     cold_ms: list[float] = field(default_factory=list)
     fleet_key: str = "fleet"
+    hostile: list[Hostile] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     extra_md: str = ""
 
@@ -54,9 +57,60 @@ def load_run(path: Path) -> Run:
         return Fault(**{**d, "wrk": Wrk(**d["wrk"]), "timeline": []})
 
     data["rounds"] = [{k: measure(m) for k, m in r.items()} for r in data["rounds"]]
+    data["apps"] = {
+        app: [{k: measure(m) for k, m in r.items()} for r in rounds]
+        for app, rounds in data.get("apps", {}).items()
+    }
+    data["hostile"] = [Hostile(**h) for h in data.get("hostile", [])]
     data["scaling"] = {int(n): [measure(m) for m in ms] for n, ms in data["scaling"].items()}
     data["faults"] = {k: [fault(f) for f in fs] for k, fs in data["faults"].items()}
     return Run(**data)
+
+
+STOPPED_EARLY = "The run stopped early on an error; see the bench's output."
+
+
+def merge(runs: list[Run], order: Sequence[str]) -> Run:
+    """One report from several runs of different stages: each section from the last run that has it.
+
+    Example: Hello World from a full run that stopped in the kill -9 stage, the rest
+    from ``bench/run.py --rounds 0`` (``--report-only A/run.json --report-only B/run.json``).
+    """
+    parts = [f"{run.started} (measured: {', '.join(stages(run)) or 'nothing'})" for run in runs]
+    out = runs[0]
+    for later in runs[1:]:
+        for name in ("rounds", "apps", "scaling", "faults", "cold_ms", "hostile"):
+            if getattr(later, name):
+                setattr(out, name, getattr(later, name))
+        out.labels = {**out.labels, **later.labels}
+        out.versions = {**out.versions, **later.versions}
+        out.config = {**out.config, **{k: v for k, v in later.config.items() if k not in ("load", "rounds")}}
+        kept = [n for n in out.notes if n != STOPPED_EARLY]
+        out.notes = kept + [n for n in later.notes if n not in kept]
+        out.seconds += later.seconds
+        if later.fleet_key == "fleet":
+            out.fleet_key = "fleet"
+    rank = {k: i for i, k in enumerate(order)}
+    out.labels = {k: out.labels[k] for k in sorted(out.labels, key=lambda k: rank.get(k, len(rank)))}
+    if len(runs) > 1:
+        out.notes.insert(
+            0,
+            "This report joins runs of different stages, each section from the last run that "
+            "measured it: " + "; ".join(parts) + ".",
+        )
+    return out
+
+
+def stages(run: Run) -> list[str]:
+    named = (
+        ("Hello World", run.rounds),
+        ("scaling", run.scaling),
+        ("kill -9", run.faults),
+        ("other apps", run.apps),
+        ("cold start", run.cold_ms),
+        ("hostile", run.hostile),
+    )
+    return [name for name, value in named if value]
 
 
 def med(values: Sequence[float | None]) -> float:
@@ -80,13 +134,18 @@ class Summary:
     other_cores: float  # mean cores busy with other work during the runs
 
 
-def summarize(run: Run) -> dict[str, Summary]:
+def summarize(run: Run, app: str = "hello") -> dict[str, Summary]:
     out: dict[str, Summary] = {}
+    rounds = rounds_of(run, app)
     for key in run.labels:
-        ms = [r[key] for r in run.rounds if key in r]
+        ms = [r[key] for r in rounds if key in r]
         if ms:
             out[key] = _summary(ms)
     return out
+
+
+def rounds_of(run: Run, app: str) -> list[dict[str, Measure]]:
+    return run.rounds if app == "hello" else run.apps.get(app, [])
 
 
 def _summary(ms: list[Measure]) -> Summary:
@@ -108,9 +167,11 @@ def _summary(ms: list[Measure]) -> Summary:
     )
 
 
-def ratio(run: Run, a: str, b: str, value: Callable[[Measure], float] = lambda m: m.wrk.rps) -> float:
+def ratio(
+    run: Run, a: str, b: str, value: Callable[[Measure], float] = lambda m: m.wrk.rps, app: str = "hello"
+) -> float:
     """Median over rounds of value(a) / value(b), both measured in the same round."""
-    return med([value(r[a]) / value(r[b]) for r in run.rounds if a in r and b in r and value(r[b])])
+    return med([value(r[a]) / value(r[b]) for r in rounds_of(run, app) if a in r and b in r and value(r[b])])
 
 
 # -- targets -------------------------------------------------------------------------------
@@ -139,7 +200,8 @@ def targets(run: Run, f: str | None = None) -> list[Target]:
         else:
             result.append(Target(what, "not measured", None))
 
-    cmp("req/s ≥ 1.0× Node cluster + Express", f, "node", 1.0)
+    cmp("req/s ≥ 1.0× uWSGI", f, "uwsgi", 1.0)
+    cmp("req/s ≥ 1.5× Node cluster + Express", f, "node", 1.5)
     cmp("req/s ≥ 1.5× gunicorn sync", f, "gunicorn-sync", 1.5)
     if f in present and "node" in present:
         p99 = ratio(run, f, "node", lambda m: m.wrk.p99_ms)
@@ -219,6 +281,43 @@ def targets(run: Run, f: str | None = None) -> list[Target]:
     return result
 
 
+#: the apps whose targets are set against granian and uWSGI
+TARGET_APPS = ("sleep2", "sleep20", "sleep200", "mix", "django")
+APP_TITLES = {
+    "hello": "Hello World",
+    "sleep2": "waits 2 ms",
+    "sleep20": "waits 20 ms",
+    "sleep200": "waits 200 ms",
+    "cpu5": "5 ms of CPU",
+    "django": "Django view (ORM + template)",
+    "mix": "mix: 90% fast, 10% wait 50 ms",
+}
+
+
+def app_targets(run: Run, app: str, f: str = "fleet") -> list[Target]:
+    """fleet at its defaults against granian and uWSGI on ``app``: req/s ≥ 1.0×, p99 ≤ the better."""
+    rounds = rounds_of(run, app)
+    present = {k for r in rounds for k in r}
+    result = []
+    for peer, label in (("granian", "granian"), ("uwsgi", "uWSGI")):
+        what = f"{APP_TITLES[app]}: req/s ≥ 1.0× {label}"
+        if f in present and peer in present:
+            r = ratio(run, f, peer, app=app)
+            result.append(Target(what, f"{r:.2f}×", r >= 1.0))
+        else:
+            result.append(Target(what, "not measured", None))
+    what = f"{APP_TITLES[app]}: p99 ≤ the better of granian's and uWSGI's"
+    both = [r for r in rounds if f in r and "granian" in r and "uwsgi" in r]
+    if both:
+        mine = med([r[f].wrk.p99_ms for r in both])
+        best = med([min(r["granian"].wrk.p99_ms, r["uwsgi"].wrk.p99_ms) for r in both])
+        worse = med([r[f].wrk.p99_ms / min(r["granian"].wrk.p99_ms, r["uwsgi"].wrk.p99_ms) for r in both])
+        result.append(Target(what, f"{mine:.1f} ms vs {best:.1f} ms", worse <= 1.0))
+    else:
+        result.append(Target(what, "not measured", None))
+    return result
+
+
 def scaling_efficiency(run: Run) -> tuple[int, float] | None:
     """(N CPUs, req/s with N workers / (N × req/s with 1)), medians of per-round ratios."""
     cpus = int(run.config.get("cpus", "0"))
@@ -251,14 +350,30 @@ def markdown(run: Run) -> str:
         "",
         "fleet against the ways Python and Node usually run one web worker per CPU, on the same",
         "machine in the same run. Made by `make bench` (`bench/run.py`); how to run it and what",
-        "each figure means: [bench/README.md](../bench/README.md). Every peer serves `GET /` →",
-        "`200 Hello World!` (text/plain) on 127.0.0.1 with one worker per usable CPU.",
+        "each figure means: [bench/README.md](../bench/README.md). Every peer runs one worker per",
+        "usable CPU on 127.0.0.1 and, where it has threads, 4 per worker (fleet's default). No peer",
+        "is pinned to CPUs: fleet runs with `FLEET_CPU_AFFINITY=none` (its default, `auto`, pins each",
+        "worker), as none of the others pins. First Hello World (`GET /` → `200 Hello World!`), then",
+        "apps that wait, compute and render (`bench/apps.py`), then hostile clients.",
+        "",
+        "The peers (exact command lines: [bench/README.md](../bench/README.md#the-peers)):",
+        "",
+        "- **fleet**: the `.deb` under a real systemd in a throwaway container, its defaults but",
+        "  `FLEET_APP=bench.apps:NAME` and `FLEET_CPU_AFFINITY=none`; *fleet (bare)*: the same workers",
+        "  on a socket the bench holds; *FLEET_THREADS=0*: the event-loop-only option.",
+        "- **granian** `--interface wsgi --workers N --blocking-threads 4`; **uWSGI** `--http11-socket",
+        "  --master --processes N --threads 4`; **gunicorn** sync and gthread (`--threads 4`); **one",
+        "  waitress** (4 threads): the same Python, falcon and apps as fleet.",
+        "- **Node cluster + Express** as the classic example writes it, except the example's",
+        "  per-request `console.log`, which the bench leaves out (it would measure logging).",
+        "- Each peer runs in a session of its own as a systemd service would (fleet: one per worker,",
+        "  as each `fleet-worker@N.service` is); no peer is pinned to CPUs.",
         "",
         f"Run {run.started}, {run.seconds / 60:.1f} min. "
         + ", ".join(f"{k}: {v}" for k, v in run.config.items() if k != "cpus")
         + ".",
         "",
-        "## Throughput, latency and cost",
+        "## Hello World: throughput, latency and cost",
         "",
         "| peer | req/s (median) | min–max | p50 ms | p99 ms | CPU s / 1k req | RSS MiB (workers) "
         "| RSS MiB (all) | PSS MiB | conns per worker | other load (cores) |",
@@ -306,10 +421,12 @@ def markdown(run: Run) -> str:
     ]
     # NOTE: FLEET_THREADS=0 changes only the request path: start-up, faults and
     # scaling are measured with the defaults, so only the throughput rows are its own.
-    proto = {t.what: t for t in targets(run, "fleet-inline")[:3]}
+    proto = {t.what: t for t in targets(run, "fleet-inline")[:4]}
     for t in targets(run):
         p = proto.get(t.what, Target(t.what, "not measured", None))
         lines.append(f"| {t.what} | {t.measured} | {_mark(t.met)} | {p.measured} | {_mark(p.met)} |")
+    lines += app_sections(run)
+    lines += hostile_sections(run)
     if run.faults:
         lines += [
             "",
@@ -417,4 +534,149 @@ def chart(run: Run, path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def app_sections(run: Run) -> list[str]:
+    """Targets against granian and uWSGI, then a table per app."""
+    if not run.apps:
+        return []
+    f = run.fleet_key
+    lines = [
+        "",
+        "## Apps that wait, compute and render",
+        "",
+        "The same WSGI callables from `bench/apps.py` in every Python peer (`FLEET_APP=bench.apps:NAME`",
+        "for fleet); Node serves only Hello World. `sleepN` waits N ms in `time.sleep`, as for a",
+        "database; `cpu5` computes ~5 ms in pure Python; `django` is a Django view, an ORM query",
+        "(20 of 1,000 rows, SQLite opened read-only) rendered by a template; `mix` answers 9 requests",
+        "in 10 at once and makes every 10th wait 50 ms.",
+        "",
+        f"Load: wrk -t1 -c50 --timeout 10s, {run.config.get('other apps', '')}. *errors* are wrk's",
+        "socket errors (timeouts included) and non-2xx answers. *fleet ÷ this*: fleet's req/s over the",
+        "row's, measured in the same round.",
+        "",
+        f"Targets for {run.labels.get(f, f)} at its defaults:",
+        "",
+        "| target | measured | met |",
+        "| --- | --- | :---: |",
+    ]
+    for app in [a for a in TARGET_APPS if a in run.apps]:
+        for t in app_targets(run, app, f):
+            lines.append(f"| {t.what} | {t.measured} | {_mark(t.met)} |")
+    lines += ["", "![req/s and p99 per app and peer](benchmarks-apps.png)"]
+    for app in run.apps:
+        s = summarize(run, app)
+        keys = [k for k in run.labels if k in s]
+        lines += [
+            "",
+            f"### {APP_TITLES.get(app, app)} (`bench.apps:{app}`)",
+            "",
+            "| peer | req/s | p50 ms | p99 ms | CPU ms / req | RSS MiB (workers) | errors | fleet ÷ this "
+            "| other load (cores) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for k in keys:
+            x = s[k]
+            vs = "—" if k == f else f"{ratio(run, f, k, app=app):.2f}×" if f in s else "-"
+            lines.append(
+                f"| {run.labels[k]} | {x.rps:,.0f} | {x.p50:.2f} | {x.p99:.2f} | {x.cpu_ms:.3f} "
+                f"| {x.rss:.0f} | {x.failed} | {vs} | {x.other_cores:.2f} |"
+            )
+    return lines
+
+
+def hostile_sections(run: Run) -> list[str]:
+    """Legitimate clients' success and p99 under each attack, side by side; then each verdict."""
+    if not run.hostile:
+        return []
+    keys = [k for k in run.labels if any(h.peer == k for h in run.hostile)]
+    attacks = [a for a in ATTACKS if any(h.attack == a for h in run.hostile)]
+    by = {(h.attack, h.peer): h for h in run.hostile}
+    lines = [
+        "",
+        "## Hostile clients",
+        "",
+        "Each attack (`bench/hostile.py`) runs on loopback against the peer serving Hello World, bounded",
+        "in connections and time. During it a legitimate client opens a NEW connection every 100 ms for",
+        f"`GET /` with a 2 s limit ({run.config.get('attacks', '')}): the share answered 2xx within 2 s,",
+        "and the p99 of all probes (*—* when more than 1% went unanswered). fleet is the .deb under",
+        "systemd at its defaults; *one waitress* is waitress alone (4 threads).",
+        "",
+    ]
+    for a in attacks:
+        what, n = ATTACKS[a]
+        lines.append(f"- **{a}**: {f'{n:,} ' if n else ''}{what}.")
+    lines += [
+        "",
+        "| attack | " + " | ".join(run.labels[k] for k in keys) + " |",
+        "| --- |" + " :---: |" * len(keys),
+    ]
+    for a in attacks:
+        cells = []
+        for k in keys:
+            h = by.get((a, k))
+            if h is None:
+                cells.append("—")
+                continue
+            p99 = "—" if h.p99_ms is None else f"{h.p99_ms:.0f} ms"
+            cells.append(f"{h.answered_pct:.0f}% · {p99}")
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "What each peer did about the attack's own connections (its verdict), and how long after the",
+        "attack's sockets closed it served `GET /` again:",
+        "",
+        "| attack | peer | answered | p50 | verdict | serving again after |",
+        "| --- | --- | ---: | ---: | --- | ---: |",
+    ]
+    for a in attacks:
+        for k in keys:
+            h = by.get((a, k))
+            if h is None:
+                continue
+            p50 = "—" if h.p50_ms is None else f"{h.p50_ms:.0f} ms"
+            back = "not in 60 s" if h.recovery_s is None else f"{h.recovery_s:.1f} s"
+            lines.append(f"| {a} | {run.labels[k]} | {h.answered_pct:.0f}% | {p50} | {h.verdict} | {back} |")
+    return lines
+
+
+def app_chart(run: Run, path: Path) -> None:
+    """One row per app beyond Hello World: req/s and p99 per peer."""
+    if not run.apps:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(run.apps)
+    fig, axes = plt.subplots(len(names), 2, figsize=(13, 2.9 * len(names)), squeeze=False)
+    for row, app in zip(axes, names, strict=True):
+        s = summarize(run, app)
+        keys = [k for k in run.labels if k in s]
+        labels = [textwrap.fill(run.labels[k], 12) for k in keys]
+        colors = [
+            "#2a7ab0" if k == "fleet" else "#8cc0e3" if k.startswith("fleet") else "#9aa5b1" for k in keys
+        ]
+        left, right = row
+        rps = [s[k].rps for k in keys]
+        left.bar(labels, rps, color=colors)
+        left.set_title(f"{APP_TITLES.get(app, app)}: requests per second", fontsize=10)
+        for i, v in enumerate(rps):
+            if math.isfinite(v):
+                left.text(i, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=8)
+        p99 = [s[k].p99 for k in keys]
+        right.bar(labels, p99, color=colors)
+        right.set_title(f"{APP_TITLES.get(app, app)}: p99 ms (lower is better)", fontsize=10)
+        for i, v in enumerate(p99):
+            if math.isfinite(v):
+                right.text(i, v, f"{v:.0f}" if v >= 10 else f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+        for ax in row:
+            ax.tick_params(axis="x", labelsize=7)
+            ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"bench.apps, wrk -c50, {run.config.get('cpus', '?')} CPUs ({run.started})", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -21,6 +21,16 @@ if (cluster.isPrimary) {
     res.set('X-Worker-Pid', String(process.pid));
     res.type('text/plain').send('Hello World!');
   });
+  // Reads a POSTed body whole, as the Python apps do (bench/apps.py): the target of
+  // the bench's slow-body attack.
+  app.post('/', (req, res) => {
+    let got = 0;
+    req.on('data', (chunk) => { got += chunk.length; });
+    req.on('end', () => {
+      res.set('X-Worker-Pid', String(process.pid));
+      res.type('text/plain').send(`got ${got} bytes\n`);
+    });
+  });
   app.listen(port, '127.0.0.1', () => {
     console.log(`worker ${process.pid} listening on ${port}`);
   });
