@@ -51,11 +51,18 @@ ALL = None
 APPS_BEYOND_HELLO = tuple(a for a in apps.NAMES if a != "hello")
 
 Factory = Callable[[str, str, Path], Peer]
+# The .deb each fleet peer installs (None: the newest in dist/); set from --deb and --deb-before.
+DEBS: dict[str, Path | None] = {"fleet": None, "fleet-inline": None, "fleet-before": None}
 # key -> (label, factory, the apps it is measured with); the report keeps this order.
 PEERS: dict[str, tuple[str, Factory, tuple[str, ...] | None]] = {
     "fleet": (
         "fleet (.deb, systemd)",
-        lambda k, label, logs: FleetSystemd(k, label, logs, fleet_env=NO_PIN),
+        lambda k, label, logs: FleetSystemd(k, label, logs, deb=DEBS[k], fleet_env=NO_PIN),
+        ALL,
+    ),
+    "fleet-before": (
+        "fleet before (--deb-before)",
+        lambda k, label, logs: FleetSystemd(k, label, logs, deb=DEBS[k], fleet_env=NO_PIN),
         ALL,
     ),
     "fleet-bare": (
@@ -65,7 +72,8 @@ PEERS: dict[str, tuple[str, Factory, tuple[str, ...] | None]] = {
     ),
     "fleet-inline": (
         "fleet (.deb, FLEET_THREADS=0)",
-        lambda k, label, logs: FleetSystemd(k, label, logs, fleet_env={**NO_PIN, "FLEET_THREADS": "0"}),
+        lambda k, label, logs: FleetSystemd(
+            k, label, logs, deb=DEBS[k], fleet_env={**NO_PIN, "FLEET_THREADS": "0"}),
         ("hello", "cpu5"),
     ),
     "granian": ("granian", lambda k, label, logs: Granian(k, label, logs), ALL),
@@ -79,8 +87,10 @@ PEERS: dict[str, tuple[str, Factory, tuple[str, ...] | None]] = {
     ),
     "waitress": ("one waitress", lambda k, label, logs: OneWaitress(k, label, logs), ("hello",)),
 }
-FAULT_PEERS = ("fleet", "fleet-bare", "node", "gunicorn-sync", "gunicorn-gthread", "granian", "uwsgi")
-HOSTILE_PEERS = ("fleet", "waitress", "gunicorn-sync", "node", "granian")
+FAULT_PEERS = (
+    "fleet", "fleet-before", "fleet-bare", "node", "gunicorn-sync", "gunicorn-gthread", "granian", "uwsgi",
+)
+HOSTILE_PEERS = ("fleet", "fleet-before", "waitress", "gunicorn-sync", "node", "granian")
 # NOTE: --quick (without --only) runs every stage and every app, but beyond Hello World
 # only with the peers the targets name, to stay a ~4-minute smoke test.
 QUICK_PEERS = {
@@ -126,6 +136,8 @@ def parser() -> argparse.ArgumentParser:
         "--attack", action="append", choices=list(hostile.ATTACKS), help="only this attack (repeatable)"
     )
     p.add_argument("--deb", type=Path, help="the fleet .deb to install (default: newest in dist/)")
+    p.add_argument("--deb-before", type=Path,
+                   help="an earlier fleet .deb, measured as the peer fleet-before (only with it)")
     p.add_argument(
         "--report-only",
         type=Path,
@@ -202,7 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     wanted_apps = [a for a in apps.NAMES if not args.app or a in args.app]
     if args.hostile:
         wanted_apps = []
+    DEBS["fleet"] = DEBS["fleet-inline"] = args.deb
+    DEBS["fleet-before"] = args.deb_before
     keys = [k for k in PEERS if not args.only or k in args.only]
+    keys = [k for k in keys if k != "fleet-before" or args.deb_before]
     if args.hostile:
         keys = [k for k in keys if k in HOSTILE_PEERS]
     else:
