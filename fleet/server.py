@@ -76,6 +76,11 @@ COOLDOWN_MAX = 30.0
 COOLDOWN_RESET = 5.0
 # Connections accepted in one poll pass, at most, while the gate stays open.
 ACCEPT_BATCH = 16
+# A worker with no thread free leaves new connections to its siblings; one
+# still waiting after this long has found no idle sibling, and a worker that
+# is getting through its requests takes it (one per GATE_PATIENCE), so no
+# connection waits in the kernel for as long as the fleet stays busy.
+GATE_PATIENCE = 0.02
 # How often the connection deadlines are checked.
 SWEEP_EVERY = 0.5
 REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
@@ -596,6 +601,8 @@ class FleetServer:
         self.addresses = [describe(s) for s in sockets]
         self.deadlines = Deadlines(settings)
         self.limit = settings.connection_limit
+        self.closed_since = 0.0  # loop thread: when the gate last closed for want of a thread; 0: open
+        self.done_when_closed = 0  # loop thread: requests_done then
         adjustments: dict[str, Any] = dict(
             threads=max(1, settings.threads),
             # NOTE: fleet's gate enforces the limit, by closing idle connections
@@ -691,13 +698,26 @@ class FleetServer:
         connections that an idle sibling could serve at once. Left in the
         shared kernel queue, they go to whichever worker can take them. Only
         requests count: a connection that sends nothing (a preconnect, a port
-        scan, an idle keep-alive) never closes the gate.
+        scan, an idle keep-alive) never closes the gate. When every worker is
+        busy, a connection waiting GATE_PATIENCE goes to a worker that is
+        getting through its requests, never to one whose threads are stuck.
         """
         def gated() -> bool:
             # NOTE: readable() also runs waitress's idle-connection maintenance: call it first.
-            return bool(readable()) and self._has_capacity() and self._has_room()
+            return bool(readable()) and self._has_room() and (self._has_capacity() or self._patience_over())
 
         return gated
+
+    def _patience_over(self) -> bool:
+        now = time.monotonic()
+        if not self.closed_since:
+            self._close_gate(now)
+            return False
+        return now - self.closed_since >= GATE_PATIENCE and self.requests_done != self.done_when_closed
+
+    def _close_gate(self, now: float) -> None:
+        self.closed_since = now
+        self.done_when_closed = self.requests_done
 
     def _accept_batch(self, handle_accept: Callable[[], None]) -> Callable[[], None]:
         """Accept up to ACCEPT_BATCH connections a pass while the gate stays open.
@@ -710,8 +730,12 @@ class FleetServer:
             for _ in range(ACCEPT_BATCH):
                 before = self.accepted
                 handle_accept()
-                if self.accepted == before or not (self._has_capacity() and self._has_room()):
+                if self.accepted == before or not self._has_room():
                     return
+                if not self._has_capacity():
+                    self._close_gate(time.monotonic())  # NOTE: patience again before the next one
+                    return
+                self.closed_since = 0.0
 
         return accept
 

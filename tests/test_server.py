@@ -146,6 +146,35 @@ def test_connections_that_send_nothing_never_close_the_gate(listener, spawn):
             sock.close()
 
 
+def test_a_busy_worker_with_no_idle_sibling_still_takes_new_connections(listener, spawn):
+    # NOTE: one worker, one thread, kept busy by keep-alive clients: no sibling
+    # will ever take a new connection, so the worker must not leave it waiting.
+    worker = spawn(listener, FLEET_APP="tests.apps:thread", FLEET_THREADS="1", FLEET_INLINE_MAX="0")
+    worker.notify.wait_for("READY", "1")
+    port = port_of(listener)
+    busy_client_done = threading.Event()
+    newcomer_answered = threading.Event()
+
+    def keep_busy() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            for _ in range(2000):  # NOTE: at most ~20 s at 10 ms each; ends early once the newcomer is in
+                conn.request("GET", "/?sleep=0.01")
+                conn.getresponse().read()
+                if newcomer_answered.is_set():
+                    break
+        finally:
+            conn.close()
+            busy_client_done.set()
+
+    for _ in range(4):  # NOTE: more clients than threads: a request always waits for the thread
+        threading.Thread(target=keep_busy, daemon=True).start()
+    for _ in range(20):
+        get(port, "/?sleep=0.01")  # NOTE: each a new connection, as a browser or a proxy opens them
+    newcomer_answered.set()
+    assert not busy_client_done.is_set(), "new connections were served only once the busy client stopped"
+
+
 def test_at_the_connection_limit_the_longest_idle_connections_make_room(listener, spawn):
     worker = spawn(listener, FLEET_CONNECTION_LIMIT="16")
     worker.notify.wait_for("READY", "1")
