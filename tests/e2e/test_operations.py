@@ -100,9 +100,8 @@ print(held)
 def test_kill_9_under_load_loses_at_most_the_victims_requests(fleet: Fleet) -> None:
     replaced_in: list[float] = []
     held_total = 0
-    # NOTE: alternate victims, 3 s apart: each worker lives 6 s. A worker
-    # killed again within 5 s of its start counts as crash-looping and waits
-    # before its 4th quick restart in a row, which is the point of the pacing.
+    # NOTE: alternate victims, 3 s apart: each worker lives 6 s. A worker that
+    # became ready is never paced, however often it is killed.
     with Load(fleet.port, seconds=18, connections=20) as load:
         time.sleep(1.5)
         for kill in range(5):
@@ -131,7 +130,10 @@ def test_kill_9_under_load_loses_at_most_the_victims_requests(fleet: Fleet) -> N
     )
     assert result.connect_errors == 0, "the socket must never refuse a connection"
     assert result.failed <= held_total, result
-    assert median <= 1.0
+    # NOTE: a paced start waits 2 s or more; how fast an unpaced one is depends on the machine.
+    journal = fleet.box.run("journalctl", "-u", "fleet-worker@*", "--no-pager").stdout
+    assert "did not last" not in journal and "retrying in" not in journal, "a killed worker was paced"
+    assert median <= 5.0
     restarts = {i["instance"]: i["restarts"] for i in fleet.status()["instances"]}
     assert restarts["1"] >= 3 and restarts["2"] >= 2
 
