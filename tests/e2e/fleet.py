@@ -8,12 +8,14 @@ only what they prove. Instances are named as systemd names them: strings ("1", "
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import re
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -221,3 +223,25 @@ class Traffic:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=self.timeout + 15)
+
+
+_TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
+               "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN",
+               "0B": "CLOSING"}  # fmt: skip
+
+
+def server_connections(port: int) -> Counter[str]:
+    """Count the TCP sockets whose local port is ``port`` by state, LISTEN and TIME_WAIT left out.
+
+    Read from the host's /proc/net: the containers share its network namespace. What
+    is left once the clients have gone is what the fleet still holds (or has not yet
+    accepted) of them.
+    """
+    states: Counter[str] = Counter()
+    for name in ("tcp", "tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(f"/proc/net/{name}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] not in ("0A", "06"):
+                    states[_TCP_STATES.get(fields[3], fields[3])] += 1
+    return states
