@@ -14,6 +14,7 @@ import re
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from .container import Container
 from .fleet import Fleet, Traffic, every_worker_answers, instances, wait_for
@@ -91,12 +92,18 @@ def test_status_shows_the_socket_and_every_worker(fleet: Fleet) -> None:
 def test_a_worker_that_cannot_boot_is_shown_failing_with_its_error(fleet: Fleet) -> None:
     fleet.break_worker("1", "FLEET_APP=nosuch:app")
     fleet.box.run("systemctl", "restart", "--no-block", "fleet-worker@1.service")
-    # NOTE: after 3 quick failures the worker waits 2 s, 4 s... with its STATUS=failed set.
-    row = wait_for(lambda: fleet.status()["instances"][0], lambda r: r["state"] == "failing", 20,
-                   "worker 1's state")  # fmt: skip
-    assert "cannot import WSGI app 'nosuch:app'" in row["status"]
-    table = fleet.fleetctl("status").stdout
-    assert re.search(r"^fleet-worker@1 +failing .*failed: cannot import", table, re.M), table
+    # NOTE: a worker that cannot boot is paced: it fails, waits 2 s, 4 s... with its
+    # STATUS=failed set ("failing"), exits, and each new start is "activating" with no
+    # status until its import fails again. Two reads of the state (JSON, then the table)
+    # can fall on either side of such a start, so wait until both show it failing.
+    table_row = re.compile(r"^fleet-worker@1 +failing .*failed: cannot import", re.M)
+
+    def both() -> tuple[dict[str, Any], str]:
+        return fleet.status()["instances"][0], fleet.fleetctl("status").stdout
+
+    row, table = wait_for(both, lambda rt: rt[0]["state"] == "failing" and bool(table_row.search(rt[1])),
+                          30, "worker 1 failing in status --json and in the table")  # fmt: skip
+    assert "cannot import WSGI app 'nosuch:app'" in row["status"], row
 
 
 # --- scale -----------------------------------------------------------------------------
