@@ -134,8 +134,21 @@ class Fleet:
         return int(self.show(f"fleet-worker@{instance}.service", "MainPID"))
 
     def pids(self) -> dict[str, int]:
-        """Return {instance: MainPID} of every running worker: a new pid proves a restart."""
-        return {i: self.pid(i) for i in sorted(self.running())}
+        """Return {instance: MainPID} of every running worker: a new pid proves a restart.
+
+        NOTE: one systemctl call, so the set of active workers and their pids are read at
+        one instant; listing them first and then asking each pid can give a restarting
+        worker's 0, or its replacement's pid.
+        """
+        out = self.box.run("systemctl", "show", "--state=active", "--property=Id", "--property=MainPID",
+                           "fleet-worker@*.service").stdout  # fmt: skip
+        found: dict[str, int] = {}
+        for block in out.strip().split("\n\n"):
+            props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+            m = re.fullmatch(r"fleet-worker@([^.\s]+)\.service", props.get("Id", ""))
+            if m:
+                found[m.group(1)] = int(props["MainPID"])
+        return dict(sorted(found.items()))
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """GET /healthz; return its status and JSON body (worker, pid, status)."""
@@ -215,6 +228,11 @@ class Traffic:
                 self.ok += 1
             else:
                 self.failures.append(f"{status} {body[:80]!r}")
+
+    def wait_answered(self, count: int = 3, timeout: float = 30) -> None:
+        """Wait until ``count`` more requests have been answered: the traffic runs, now."""
+        target = self.ok + count
+        wait_for(lambda: self.ok, lambda ok: ok >= target, timeout, "requests answered", every=0.02)
 
     def __enter__(self) -> Traffic:
         self._thread.start()
