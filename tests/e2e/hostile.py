@@ -77,6 +77,7 @@ class Attack:
     read: bool = True
     reopen: bool = True
     rcvbuf: int = 0  # SO_RCVBUF for clients that never read: keeps their kernel buffers small
+    rate: int = 1000  # new connections a second, at most
 
 
 def request(method: str = "GET", path: str = "/", headers: str = "", body: bytes = b"") -> bytes:
@@ -135,16 +136,16 @@ class HordeReport:
 class Horde:
     """Run one :class:`Attack` from a thread until the ``with`` ends; every socket is closed then.
 
-    New connections are opened at most ``ramp`` per loop pass, so thousands do not all
-    hit the listen queue in one instant (the kernel would drop the SYNs past its backlog).
+    New connections are opened at most ``attack.rate`` a second. Thousands opened in one
+    instant would be another attack, a burst of new connections and requests, whose effect
+    depends on how fast this machine is at that moment; a test must not.
     """
 
     TICK = 0.02
 
-    def __init__(self, port: int, attack: Attack, ramp: int = 200) -> None:
+    def __init__(self, port: int, attack: Attack) -> None:
         self.port = port
         self.attack = attack
-        self.ramp = ramp
         self.report = HordeReport(attack.name)
         self._stop = threading.Event()
         self._conns: dict[int, _Conn] = {}
@@ -201,11 +202,17 @@ class Horde:
 
     def _loop(self) -> None:
         attack = self.attack
+        # NOTE: a token bucket holding one second's worth: connections the server closed
+        # together may be replaced together, but the first ones are opened at `rate`.
+        tokens, last = 0.0, time.monotonic()
         while not self._stop.is_set():
+            now = time.monotonic()
+            tokens, last = min(float(attack.rate), tokens + (now - last) * attack.rate), now
             missing = attack.connections - len(self._conns)
             if missing > 0 and (attack.reopen or self.report.opened < attack.connections):
-                for _ in range(min(missing, self.ramp)):
+                for _ in range(min(missing, int(tokens))):
                     self._open()
+                    tokens -= 1
             for key, events in self._selector.select(self.TICK):
                 conn = self._conns.get(key.fd)
                 if conn is not None:
@@ -432,6 +439,7 @@ class Probe:
         self.every = every
         self.timeout = timeout
         self.path = path
+        self.started = 0.0
         self.samples: list[Sample] = []
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(int(timeout / every) + 8, thread_name_prefix="probe")
@@ -507,12 +515,27 @@ class Probe:
         times = sorted(s.seconds if s.ok else math.inf for s in samples)
         return times[min(len(times) - 1, math.ceil(0.99 * len(times)) - 1)] if times else 0.0
 
+    def longest_outage(self, samples: list[Sample]) -> tuple[float, float]:
+        """The longest run of failed requests in a row: its length and when it began (monotonic)."""
+        longest, began, run = 0.0, 0.0, None
+        for sample in samples:
+            if sample.ok:
+                run = None
+                continue
+            run = sample.at if run is None else run
+            if sample.at - run + self.every > longest:
+                longest, began = sample.at - run + self.every, run
+        return longest, began
+
     def summary(self, samples: list[Sample] | None = None) -> str:
         samples = self.samples if samples is None else samples
         p99 = self.p99(samples)
         shown = f"{p99 * 1000:.0f} ms" if p99 != math.inf else f"over {self.timeout:g} s"
         failures = Counter(s.why.split(":")[0] for s in samples if not s.ok)
         more = f"; failures {dict(failures.most_common(3))}" if failures else ""
+        if failures and samples:
+            length, began = self.longest_outage(samples)
+            more += f", in a row for {length:.1f} s from {began - self.started:.1f} s"
         answered = f"{self.rate(samples):.1f}% of {len(samples)} answered within {self.timeout:g} s"
         return f"probe {answered}, p99 {shown}{more}"
 

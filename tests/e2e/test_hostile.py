@@ -44,7 +44,7 @@ from .hostile import (
 
 WORKERS = ("1", "2")
 APPS = "/srv/fleet-test-apps"
-RSS_BOUND_MIB = 200  # per worker; an idle worker is ~35 MiB
+RSS_BOUND_MIB = 128  # per worker: an idle one holds ~33 MiB, the most seen under attack 69
 PROBE_RATE = 99.0  # percent of the probe's requests answered within 2 s
 
 # The worker's defaults these tests expect (docs/security.md).
@@ -187,12 +187,15 @@ def test_silent_connections_are_closed_and_never_stop_the_fleet(fleet: Fleet, co
     assert horde.connected >= count
     assert horde.longest_lived <= SILENT_TIMEOUT + LATE, (
         f"a connection that sent nothing stayed open {horde.longest_lived:.1f} s (FLEET_SILENT_TIMEOUT)")
-    assert set(horde.statuses) <= {None}, f"a silent connection got a response: {horde.statuses}"
+    # NOTE: closed without a word, or with a 408: either tells a client the server gave up.
+    assert set(horde.statuses) <= {None, 408}, f"a silent connection got a response: {horde.statuses}"
 
 
 def test_5000_idle_keepalive_connections_never_fill_the_fleet(fleet: Fleet) -> None:
     count = 5000
-    outcome = run(fleet, Attack(f"{count} idle keep-alive connections", count, head=request()), seconds=20)
+    # NOTE: opened 500 a second, so the fleet holds all 5000 for the last 12 s.
+    idle = Attack(f"{count} idle keep-alive connections", count, head=request(), rate=500)
+    outcome = run(fleet, idle, seconds=22)
     outcome.assert_everyone_else_served()
     horde = outcome.horde
     answered = horde.statuses[200] + horde.open_statuses[200]
@@ -209,7 +212,8 @@ def test_slowloris_gets_408_and_never_stops_the_fleet(fleet: Fleet) -> None:
     horde = outcome.horde
     assert horde.longest_lived <= HEADER_TIMEOUT + LATE, (
         f"a request head kept coming for {horde.longest_lived:.1f} s (FLEET_HEADER_TIMEOUT)")
-    assert horde.closed_by_server >= count and set(horde.statuses) == {408}, horde.statuses
+    assert horde.closed_by_server >= count, f"only {horde.closed_by_server} of {count} closed"
+    assert horde.statuses[408] and set(horde.statuses) <= {408, None}, f"not 408: {horde.statuses}"
 
 
 def test_slow_bodies_are_cut_and_never_stop_the_fleet(fleet: Fleet) -> None:
@@ -221,7 +225,8 @@ def test_slow_bodies_are_cut_and_never_stop_the_fleet(fleet: Fleet) -> None:
     horde = outcome.horde
     assert horde.longest_lived <= BODY_TIMEOUT + LATE, (
         f"a body below FLEET_BODY_MIN_RATE kept coming for {horde.longest_lived:.1f} s (FLEET_BODY_TIMEOUT)")
-    assert horde.closed_by_server >= count and set(horde.statuses) <= {408, None}, horde.statuses
+    assert horde.closed_by_server >= count, f"only {horde.closed_by_server} of {count} closed"
+    assert set(horde.statuses) <= {408, None}, f"not 408: {horde.statuses}"
 
 
 # --- clients that send a lot, or never read ----------------------------------------------
@@ -236,8 +241,10 @@ def test_clients_that_never_read_a_large_response_never_stop_the_fleet(fleet: Fl
 
 
 def test_a_pipelined_flood_never_stops_the_fleet(fleet: Fleet) -> None:
+    # NOTE: the fleet closes each on its first answer past FLEET_KEEPALIVE_MAX_AGE (3 s); the
+    # attacker opens another, so 50 flood for the whole 10 s.
     flood = Attack("50 connections pipelining GET / as fast as they can, never reading", 50,
-                   flood=request() * 500, read=False, reopen=False)  # fmt: skip
+                   flood=request() * 500, read=False)  # fmt: skip
     run(fleet, flood, seconds=10).assert_everyone_else_served()
 
 
