@@ -7,10 +7,13 @@ feeds the sibling workers), answering what it already holds with
 The same mechanism bounds a keep-alive connection's age, so clients spread
 again over every worker, a freshly restarted one included.
 
-Only public waitress behaviour is relied on, and checked against waitress 2.1
-and 3.x by the tests: the server's ``channel_class``, the channel's
-``task_class``, and a request's ``Connection`` header deciding whether the
-connection ends after the response.
+It also guards the worker against clients that hold connections without
+sending requests (silent, idle, slowloris): only requests count as work in the
+accept gate, every phase of a request has a deadline (:class:`Deadlines`), and
+a worker at its connection limit closes its longest-idle connections.
+
+waitress's internals used here are checked against waitress 2.1 and 3.x by
+the tests.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 import signal
 import socket
 import threading
@@ -29,8 +33,10 @@ from typing import Any
 import waitress
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import BaseWSGIServer
 from waitress.task import ThreadedTaskDispatcher, WSGITask
+from waitress.utilities import RequestHeaderFieldsTooLarge
 
 from fleet.settings import Settings
 
@@ -47,10 +53,55 @@ IDLE_GRACE = 0.5
 ONE_SEND_MAX = 64 * 1024
 # How often the relief thread looks at the request the event loop is serving
 # inline, and how long it polls in one pass while it holds the loop.
-RELIEF_CHECK = 0.005
+RELIEF_CHECK = 0.002
 RELIEF_POLL = 0.005
-# After a request ran long inline, requests go to the pool for this long.
-INLINE_COOLDOWN = 10.0
+# The relief thread samples the loop thread while it serves requests: once at
+# least WAIT_SAMPLES samples found it inside a batch and WAIT_SHARE of them
+# found it asleep on I/O, or two samples in a row inside the same batch did,
+# requests that wait are being served one at a time, and the threads take over.
+WAIT_SAMPLES = 8
+WAIT_SHARE = 0.5
+# With no request served inline for this long, the relief thread sleeps until one is.
+RELIEF_IDLE = 0.2
+# After a request waited or ran long inline, requests go to the pool for a
+# while: COOLDOWN_MIN, doubled each time the loop tries again and requests
+# still wait within COOLDOWN_RESET of it, up to COOLDOWN_MAX. A one-off wait
+# costs a second of hand-offs; an app that waits is tried inline twice a minute.
+COOLDOWN_MIN = 1.0
+COOLDOWN_MAX = 30.0
+COOLDOWN_RESET = 5.0
+# Connections accepted in one poll pass, at most, while the gate stays open.
+ACCEPT_BATCH = 16
+# How often the connection deadlines are checked.
+SWEEP_EVERY = 0.5
+REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+                   b"Content-Type: text/plain\r\nContent-Length: 16\r\n\r\nRequest Timeout\n")
+_FRAMING_HEADER = re.compile(rb"^(content-length|transfer-encoding)[ \t]*:", re.I | re.M)
+
+
+class FleetParser(HTTPRequestParser):  # type: ignore[misc]
+    """waitress's request parser, stricter about framing and header count.
+
+    A request with both Content-Length and Transfer-Encoding is ambiguous
+    (RFC 9112 section 6.1): a proxy in front may frame it differently, which is
+    how requests are smuggled. waitress lets the chunked framing win and keeps
+    the connection; fleet answers 400 and closes it. Too many header fields cost
+    CPU to parse (10,000 took ~35 ms), so they are counted before parsing.
+    """
+
+    max_headers = 100  # set per server from FLEET_MAX_HEADERS
+
+    def parse_header(self, header_plus: bytes) -> None:
+        fields = header_plus.rstrip().count(b"\n")  # one per field: after the request line
+        if fields > self.max_headers:
+            super().parse_header(b"GET / HTTP/1.0\r\n")
+            self.error = RequestHeaderFieldsTooLarge(
+                f"more than {self.max_headers} header fields (FLEET_MAX_HEADERS)")
+            return
+        framing = {name.lower() for name in _FRAMING_HEADER.findall(header_plus)}
+        if len(framing) == 2:
+            raise ParsingError("Content-Length and Transfer-Encoding together")
+        super().parse_header(header_plus)
 
 
 class FleetTask(WSGITask):  # type: ignore[misc]
@@ -69,7 +120,24 @@ class FleetTask(WSGITask):  # type: ignore[misc]
             del fleet.busy[thread]
             fleet.request_done(self)
 
+    def get_environment(self) -> Any:
+        environ = super().get_environment()
+        if self.request.command == "HEAD":
+            # NOTE: a file wrapper is sent by the channel, past write(): without
+            # it the app's body comes through write(), which drops it for HEAD.
+            environ.pop("wsgi.file_wrapper", None)
+        return environ
+
     def write(self, data: bytes) -> None:
+        if self.request.command == "HEAD":
+            # NOTE: waitress 2.1 and 3.0 send a HEAD response's body when the
+            # app gives one (RFC 9110 section 9.3.2: it MUST NOT), and the next
+            # response on the connection is read from the middle of it.
+            if not self.wrote_header:
+                self.channel.write_soon(self.build_response_header())
+                self.wrote_header = True
+            self.content_bytes_written += len(data)
+            return
         # NOTE: waitress sends the header and the body with a send() each: two
         # TCP segments under TCP_NODELAY. A small body of known length handed
         # over in one chunk (most API answers) goes out with its header in one:
@@ -85,6 +153,13 @@ class FleetTask(WSGITask):  # type: ignore[misc]
             self.channel.write_soon(header)
         super().write(data)
 
+    def finish(self) -> None:
+        if self.request.command == "HEAD":
+            if not self.wrote_header:
+                self.write(b"")
+            return  # no last chunk either: a HEAD response has no body at all
+        super().finish()
+
     def build_response_header(self) -> Any:
         fleet: FleetServer = self.channel.server.fleet
         if fleet.draining or fleet.connection_expired(self.channel):
@@ -96,32 +171,115 @@ class FleetTask(WSGITask):  # type: ignore[misc]
 
 
 class FleetChannel(HTTPChannel):  # type: ignore[misc]
-    """A connection; counted as "fresh" from accept() until its first bytes arrive.
+    """A connection, with the times its deadlines run from (see :class:`Deadlines`).
 
-    A fresh connection is a request about to land: the accept gate counts it,
-    or a worker could take a burst of connections in one poll pass that only
-    one of its threads is free to serve.
+    It counts as "fresh" in the accept gate from accept() until its bytes are
+    read, but only if it had bytes waiting when accepted: that is a request
+    about to land, and a worker could otherwise take a burst of them in one
+    pass that only one of its threads is free to serve. A connection with
+    nothing to say is no work, however many there are. fleet.socket's
+    DeferAcceptSec= has the kernel hand over a connection once its first
+    bytes are in, so the two are told apart at accept().
     """
 
     task_class = FleetTask
+    parser_class = FleetParser
 
     def __init__(self, server: Any, sock: socket.socket, addr: Any, adj: Any, map: Any = None) -> None:
-        self._fresh = True
-        server.fleet.fresh += 1
+        fleet: FleetServer = server.fleet
+        fleet.accepted += 1
+        self.accepted_at = time.monotonic()
+        self.spoke = False  # loop thread only, as every field below
+        self._fresh = _has_unread_bytes(sock)
+        if self._fresh:
+            fleet.fresh += 1
+        self.timed: Any = None  # the partial request the two times below are for
+        self.head_started = 0.0
+        self.body_started = 0.0
         super().__init__(server, sock, addr, adj, map=map)
 
     def _settle(self) -> None:
+        self.spoke = True
         if self._fresh:
             self._fresh = False
             self.server.fleet.fresh -= 1
 
     def received(self, data: bytes) -> Any:
-        self._settle()
-        return super().received(data)
+        if not self.spoke:
+            self._settle()
+        result = super().received(data)
+        request = self.request
+        if request is not None:  # a request is still arriving: time it
+            if request is not self.timed:
+                self.timed = request
+                self.head_started = time.monotonic()
+                self.body_started = 0.0
+            if request.headers_finished and not self.body_started:
+                self.body_started = time.monotonic()
+        return result
 
     def handle_close(self) -> None:
-        self._settle()
+        if not self.spoke:
+            self._settle()
         super().handle_close()
+
+    def idle(self) -> bool:
+        """Nothing in flight: no request arriving, queued, running or being sent."""
+        return not (self.request is not None or self.requests or self.total_outbufs_len
+                    or self.will_close or self.close_when_flushed)
+
+    def time_out(self) -> None:
+        """Answer 408 where nothing else is being sent, and close."""
+        if not (self.requests or self.total_outbufs_len):
+            try:
+                self.socket.send(REQUEST_TIMEOUT, socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+        self.handle_close()
+
+
+class Deadlines:
+    """Close connections that hold a worker's resources without sending a request in time.
+
+    As nginx's client_header_timeout and client_body_timeout and Apache's
+    mod_reqtimeout (body=20,MinRate=500) do: a silent connection is closed
+    after FLEET_SILENT_TIMEOUT, a request head must arrive within
+    FLEET_HEADER_TIMEOUT of its first byte, a body within FLEET_BODY_TIMEOUT
+    plus a second per FLEET_BODY_MIN_RATE bytes. Idle keep-alive connections
+    are waitress's channel_timeout. Run by the thread holding the event loop.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.silent = settings.silent_timeout
+        self.head = settings.header_timeout
+        self.body = settings.body_timeout
+        self.rate = float(settings.body_min_rate)
+        self.next_sweep = 0.0
+        self.closed = {"silent": 0, "head": 0, "body": 0}  # for the log and, later, metrics
+
+    def _body_allowance(self, request: HTTPRequestParser) -> float:
+        received: int = request.body_bytes_received
+        return self.body + received / self.rate
+
+    def sweep(self, channels: Iterator[HTTPChannel], now: float) -> None:
+        if now < self.next_sweep:
+            return
+        self.next_sweep = now + SWEEP_EVERY
+        for channel in channels:
+            if not isinstance(channel, FleetChannel) or channel.requests or channel.total_outbufs_len:
+                continue  # a response is due: the server, not the client, is behind
+            request = channel.request
+            if request is None:
+                if not channel.spoke and self.silent and now - channel.accepted_at >= self.silent:
+                    self.closed["silent"] += 1
+                    channel.handle_close()
+            elif not request.headers_finished:
+                if self.head and now - channel.head_started >= self.head:
+                    self.closed["head"] += 1
+                    channel.time_out()
+            elif self.body and now - channel.body_started >= self._body_allowance(request):
+                self.closed["body"] += 1
+                channel.time_out()
 
 
 class _SignalPipe(wasyncore.file_dispatcher):  # type: ignore[misc]
@@ -172,6 +330,7 @@ def bind(addresses: tuple[str, ...], backlog: int) -> list[socket.socket]:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 5)  # as fleet.socket
             sock.bind((host, int(port)))
         sock.listen(backlog)
         result.append(sock)
@@ -207,15 +366,16 @@ class InlineDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
 
 
 class HybridDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
-    """The default: serve a request on the event loop first, on a pool thread if it runs long.
+    """The default: serve requests that only compute on the event loop, the rest on the pool.
 
     Handing every request to a pool thread is most of a fast request's cost
     (docs/benchmarks.md); serving it on the loop is not safe for a request
-    that waits, as the loop is every connection's. So the loop serves what the
-    last poll pass read, and a relief thread watches it: once one request has
-    held the loop for FLEET_INLINE_MAX, the relief thread takes the loop over,
-    hands the requests queued behind it to the pool, and requests keep going
-    to the pool for INLINE_COOLDOWN. The slow request finishes where it runs.
+    that waits, as the loop is every connection's and it would serve one
+    request at a time. So the loop serves what the last poll pass read, and
+    :class:`Relief` watches what that costs: once a request waits (its thread
+    neither runs nor is runnable) or runs long, the pool takes over for a
+    cool-down, after which the loop tries again. An app that waits is served
+    on the threads but for a few milliseconds every COOLDOWN_MAX.
     """
 
     def __init__(self, loop_thread: int) -> None:
@@ -261,6 +421,148 @@ def describe(sock: socket.socket) -> str:
     return f"{name[0]}:{name[1]}"
 
 
+class LoopThread:
+    """Whether the event-loop thread is asleep on I/O right now, as another thread sees it.
+
+    The kernel says where a sleeping thread waits (``/proc/.../wchan``): a
+    socket, a pipe, a timer are I/O that other requests could use the CPU
+    during; a futex is the GIL or a lock, which threads would not make
+    faster; a running or preempted thread has no wait channel. Where the
+    kernel does not tell, the thread's CPU clock between two looks is used
+    instead (a preempted thread then looks like a waiting one).
+    """
+
+    def __init__(self, thread_id: int, native_id: int) -> None:
+        self._clock = time.pthread_getcpuclockid(thread_id)
+        self._last = (0.0, 0.0)  # (wall, CPU) at the last look, for the fallback
+        self._wchan: int | None = None
+        try:
+            self._wchan = os.open(f"/proc/self/task/{native_id}/wchan", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            pass
+
+    def asleep_on_io(self) -> bool:
+        if self._wchan is not None:
+            try:
+                where = os.pread(self._wchan, 64, 0)
+            except OSError:
+                where = b"0"
+            return where not in (b"", b"0") and b"futex" not in where
+        now, cpu = time.monotonic(), time.clock_gettime(self._clock)
+        (then, cpu_then), self._last = self._last, (now, cpu)
+        return now - then < 0.1 and cpu - cpu_then < WAIT_SHARE * (now - then)
+
+    def close(self) -> None:
+        if self._wchan is not None:
+            os.close(self._wchan)
+            self._wchan = None
+
+
+class Relief:
+    """Watch what serving on the event loop costs; hand the loop's work to the pool when requests wait.
+
+    The loop thread serves each poll pass's requests as one batch and marks
+    it (:meth:`begin`, :meth:`end`: a clock read, nothing more, as this is
+    every fast request's path). A relief thread looks at the loop thread
+    every RELIEF_CHECK while it serves: asleep on I/O in two looks in a row
+    within one batch, or in WAIT_SHARE of WAIT_SAMPLES looks, the requests
+    wait and are served one at a time; the threads take over. A batch that
+    still waits, or that ran FLEET_INLINE_MAX, is stood in for: the relief
+    thread takes the loop over, hands the requests queued behind to the pool
+    and runs the loop until the batch ends. Then the pool serves for a
+    cool-down (COOLDOWN_MIN up to COOLDOWN_MAX). The relief thread sleeps
+    while nothing is served inline, so an idle worker uses no CPU.
+    """
+
+    def __init__(self, server: FleetServer, hybrid: HybridDispatcher, limit: float) -> None:
+        self.server = server
+        self.hybrid = hybrid
+        self.limit = limit
+        self.loop = LoopThread(server.loop_thread, threading.get_native_id())
+        self.active = threading.Event()  # set while the loop serves inline; cleared by the relief thread
+        self.since = 0.0  # loop thread writes, relief thread reads: when the batch began; 0: none
+        # Whoever hands over or resumes (the relief thread, or the loop thread holding loop_lock):
+        self.resumes = 0.0  # when the loop serves inline again
+        self.resumed_at = 0.0
+        self.cooldown = COOLDOWN_MIN
+
+    def begin(self) -> None:
+        """The loop thread starts serving a batch."""
+        self.since = time.monotonic()
+        if not self.active.is_set():
+            self.active.set()
+
+    def end(self) -> None:
+        """The loop thread served its batch."""
+        self.since = 0.0
+
+    def hand_over(self, why: str) -> None:
+        now = time.monotonic()
+        recent = now - self.resumed_at < COOLDOWN_RESET
+        self.cooldown = min(COOLDOWN_MAX, self.cooldown * 2) if recent else COOLDOWN_MIN
+        self.hybrid.inline = False
+        self.resumes = now + self.cooldown
+        log.debug("serving on the threads for %gs: %s", self.cooldown, why)
+
+    def resume(self, now: float) -> None:
+        """End the cool-down: serve on the loop again. Called holding loop_lock."""
+        if not self.hybrid.inline and now >= self.resumes:
+            self.hybrid.inline = True
+            self.resumed_at = now
+
+    def start(self, housekeeping: Callable[[], None]) -> None:
+        threading.Thread(target=self._watch, args=(housekeeping,), name="fleet-relief", daemon=True).start()
+
+    def _watch(self, housekeeping: Callable[[], None]) -> None:
+        server, active, hybrid = self.server, self.active, self.hybrid
+        last_busy = time.monotonic()
+        looks = asleep = 0  # looks inside a batch, and how many found the loop thread asleep on I/O
+        last_asleep_in = 0.0  # the batch the last look found asleep in
+        while not server.closing:
+            active.wait()
+            time.sleep(RELIEF_CHECK)
+            since = self.since
+            now = time.monotonic()
+            if not since:
+                if now - last_busy >= RELIEF_IDLE:
+                    active.clear()
+                    if self.since:  # NOTE: begin() ran between the check and the clear
+                        active.set()
+                continue
+            last_busy = now
+            if not hybrid.inline:
+                continue  # a batch begun before the hand-over: the pool takes what follows
+            if now - since >= self.limit:
+                self._relieve(since, housekeeping, f"a request ran {(now - since) * 1000:.0f} ms on the loop")
+                continue
+            looks += 1
+            if self.loop.asleep_on_io():
+                asleep += 1
+                if last_asleep_in == since and self.since == since:
+                    self._relieve(since, housekeeping, "a request waited on I/O")
+                    looks = asleep = 0
+                    last_asleep_in = 0.0
+                    continue
+                last_asleep_in = since
+            if looks >= WAIT_SAMPLES:
+                if asleep >= WAIT_SHARE * looks:
+                    self.hand_over(f"requests waited on I/O in {asleep} of {looks} looks")
+                looks = asleep = 0
+
+    def _relieve(self, since: float, housekeeping: Callable[[], None], why: str) -> None:
+        server = self.server
+        with server.loop_lock:
+            if self.since != since:
+                return  # it finished while we waited for the loop
+            self.hand_over(why)
+            self.resumes = float("inf")  # not before this relief ends
+            self.hybrid.to_pool()
+            while self.since == since and not server.closing:
+                wasyncore.loop(timeout=RELIEF_POLL, map=server.map, use_poll=True, count=1)
+                housekeeping()
+            self.resumes = time.monotonic() + self.cooldown
+
+
 class FleetServer:
     """The worker's HTTP side: waitress channels and threads on already-listening sockets."""
 
@@ -269,16 +571,21 @@ class FleetServer:
         self.settings = settings
         self.map: dict[int, Any] = {}
         self.draining = False
-        self.busy: dict[int, float] = {}
-        self.fresh = 0  # connections accepted whose first bytes have not arrived yet
+        self.busy: dict[int, float] = {}  # thread -> when its request began; each thread its own key
+        self.fresh = 0  # loop thread: connections accepted with bytes waiting, not yet read
+        self.accepted = 0  # loop thread: connections accepted so far
         self._done = itertools.count(1)
         self.requests_done = 0
         self.recycle_requested = False
         self.recycle_limit = 0  # requests after which to drain and exit; 0: never
         self.addresses = [describe(s) for s in sockets]
+        self.deadlines = Deadlines(settings)
+        self.limit = settings.connection_limit
         adjustments: dict[str, Any] = dict(
             threads=max(1, settings.threads),
-            connection_limit=settings.connection_limit,
+            # NOTE: fleet's gate enforces the limit, by closing idle connections
+            # first; waitress's own (which just stops accepting) stays out of the way.
+            connection_limit=settings.connection_limit + 64,
             channel_timeout=int(max(1, settings.channel_timeout)),
             asyncore_use_poll=True,
             ident="fleet",
@@ -288,12 +595,11 @@ class FleetServer:
         # pass and each housekeeping pass; the relief thread for as long as it
         # stands in for a loop thread that is busy serving a long request.
         self.loop_lock = threading.Lock()
-        self.inline_since = 0.0  # when the request the loop thread serves began; 0: none
-        self.inline_resumes = 0.0
-        self._closing = False
+        self.closing = False
         self.inline = settings.threads == 0
         self.pending: deque[Any] = deque()
         self.hybrid: HybridDispatcher | None = None
+        self.relief: Relief | None = None
         if self.inline:
             inline = InlineDispatcher()
             self.pending = inline.pending
@@ -304,12 +610,13 @@ class FleetServer:
             adjustments["outbuf_high_watermark"] = 2**62
         elif settings.inline_max > 0:
             # NOTE: waitress's output bound stays: a long response served on the
-            # loop that waits for its own flush is a request running long, and the
+            # loop that waits for its own flush is a request that waits, and the
             # relief thread then flushes it.
             self.hybrid = HybridDispatcher(self.loop_thread)
             self.pending = self.hybrid.pending
             self.dispatcher = self.hybrid
             self.dispatcher.set_thread_count(settings.threads)
+            self.relief = Relief(self, self.hybrid, settings.inline_max)
         else:
             self.dispatcher = ThreadedTaskDispatcher()
             self.dispatcher.set_thread_count(settings.threads)
@@ -323,10 +630,13 @@ class FleetServer:
                 sockets=family_sockets, **adjustments,
             )
         self.listeners = [obj for obj in self.map.values() if isinstance(obj, BaseWSGIServer)]
+        parser = type("FleetParser", (FleetParser,), {"max_headers": settings.max_headers})
+        channel = type("FleetChannel", (FleetChannel,), {"parser_class": parser})
         for listener in self.listeners:
-            listener.channel_class = FleetChannel
+            listener.channel_class = channel
             listener.fleet = self
             listener.readable = self._gate(listener.readable)
+            listener.handle_accept = self._accept_batch(listener.handle_accept)
             if self.inline:
                 # The loop polls again right after serving: no wake-up needed.
                 listener.pull_trigger = lambda: None
@@ -334,26 +644,61 @@ class FleetServer:
                 listener.pull_trigger = self._wake_from_pool(listener.pull_trigger)
         self.trigger = self.listeners[0].trigger
         self.signal_pipe = _SignalPipe(self.map)
+        self._not_channels = len(self.map)  # listeners, their triggers, the signal pipe
+
+    # -- the accept gate (loop thread) -------------------------------------------------
+
+    def _has_capacity(self) -> bool:
+        """Whether a new request would find a thread free (inline: the loop itself)."""
+        busy = len(self.busy) - (self.hybrid is not None and self.loop_thread in self.busy)
+        working = busy + len(self.dispatcher.queue) + len(self.pending)
+        return working + self.fresh < max(1, self.settings.threads)
+
+    def _has_room(self) -> bool:
+        """Whether a connection may be added, closing the longest-idle ones at the limit."""
+        return len(self.map) - self._not_channels < self.limit or self._make_room()
+
+    def _make_room(self) -> bool:
+        idle = [c for c in self.channels() if isinstance(c, FleetChannel) and c.idle()]
+        if not idle:
+            return False
+        idle.sort(key=lambda c: c.last_activity)
+        # NOTE: a batch, so a flood of new connections does not sort on every accept.
+        for channel in idle[:max(1, self.limit // 64)]:
+            channel.handle_close()
+        return True
 
     def _gate(self, readable: Callable[[], bool]) -> Callable[[], bool]:
-        """Accept only while a thread is free.
+        """Accept only while a thread is free, and room is left or can be made.
 
         waitress accepts whatever the kernel offers and queues the requests
         behind busy threads; a worker stuck on slow requests would hoard
         connections that an idle sibling could serve at once. Left in the
-        shared kernel queue, they go to whichever worker can take them.
+        shared kernel queue, they go to whichever worker can take them. Only
+        requests count: a connection that sends nothing (a preconnect, a port
+        scan, an idle keep-alive) never closes the gate.
         """
-        threads = max(1, self.settings.threads)  # inline: one request at a time
-        busy, queue, pending = self.busy, self.dispatcher.queue, self.pending
-        # NOTE: a request the relief thread stands in for takes no pool thread.
-        stood_in = self.loop_thread if self.hybrid else None
-
         def gated() -> bool:
             # NOTE: readable() also runs waitress's idle-connection maintenance: call it first.
-            working = len(busy) - (stood_in in busy) + len(queue) + len(pending)
-            return bool(readable()) and working + self.fresh < threads
+            return bool(readable()) and self._has_capacity() and self._has_room()
 
         return gated
+
+    def _accept_batch(self, handle_accept: Callable[[], None]) -> Callable[[], None]:
+        """Accept up to ACCEPT_BATCH connections a pass while the gate stays open.
+
+        One per pass (waitress's way) lets a burst of silent connections, each
+        pass slower with every connection it adds, queue a real client's
+        connection behind them for seconds.
+        """
+        def accept() -> None:
+            for _ in range(ACCEPT_BATCH):
+                before = self.accepted
+                handle_accept()
+                if self.accepted == before or not (self._has_capacity() and self._has_room()):
+                    return
+
+        return accept
 
     def _wake_from_pool(self, pull_trigger: Callable[[], None]) -> Callable[[], None]:
         """Wake the loop when a pool thread finishes; the loop thread itself polls next anyway."""
@@ -388,7 +733,7 @@ class FleetServer:
         max_age = self.settings.keepalive_max_age
         return bool(max_age) and time.time() - channel.creation_time >= max_age
 
-    # -- called from the event loop ----------------------------------------------------
+    # -- called by the holder of loop_lock ------------------------------------------------
 
     def start_accepting(self) -> None:
         for listener in self.listeners:
@@ -401,6 +746,10 @@ class FleetServer:
 
     def channels(self) -> Iterator[HTTPChannel]:
         return (obj for obj in list(self.map.values()) if isinstance(obj, HTTPChannel))
+
+    def sweep(self, now: float) -> None:
+        """Close connections past a deadline (see :class:`Deadlines`)."""
+        self.deadlines.sweep(self.channels(), now)
 
     def stuck_threads(self, older_than: float, now: float | None = None) -> int:
         """Pool threads on one request for ``older_than`` or more.
@@ -444,60 +793,44 @@ class FleetServer:
             self.run_pending()
 
     def run_pending(self) -> None:
-        pending = self.pending
-        while pending:
-            try:
-                task = pending.popleft()
-            except IndexError:
-                return  # the relief thread handed it to the pool
-            self.inline_since = time.monotonic()
-            try:
-                task.service()
-            except Exception:
-                log.exception("Exception when servicing %r", task)
-            finally:
-                self.inline_since = 0.0
+        pending, relief, hybrid = self.pending, self.relief, self.hybrid
+        if relief is not None:
+            relief.begin()
+        try:
+            while pending:
+                if hybrid is not None and not hybrid.inline:
+                    hybrid.to_pool()  # NOTE: the relief thread or the last batch handed over
+                    return
+                try:
+                    task = pending.popleft()
+                except IndexError:
+                    return  # the relief thread handed it to the pool
+                try:
+                    task.service()
+                except Exception:
+                    log.exception("Exception when servicing %r", task)
+        finally:
+            if relief is not None:
+                relief.end()
 
     def resume_inline(self, now: float) -> None:
-        """End the cool-down after a relief: serve on the loop again. Called holding loop_lock."""
-        if self.hybrid and not self.hybrid.inline and now >= self.inline_resumes:
-            self.hybrid.inline = True
+        """End the cool-down after a hand-over: serve on the loop again. Called holding loop_lock."""
+        if self.relief is not None:
+            self.relief.resume(now)
 
     def start_relief(self, housekeeping: Callable[[], None]) -> None:
-        """Watch requests served on the loop; stand in for the loop when one runs long.
+        """Watch requests served on the loop; stand in for the loop when one waits or runs long.
 
         ``housekeeping`` is the worker's pass between polls (watchdog, drain,
         signals), run by the relief thread while it holds the loop.
         """
-        if not self.hybrid:
-            return
-        threading.Thread(target=self._watch, args=(housekeeping,), name="fleet-relief", daemon=True).start()
-
-    def _watch(self, housekeeping: Callable[[], None]) -> None:
-        limit = self.settings.inline_max
-        while not self._closing:
-            time.sleep(RELIEF_CHECK)
-            since = self.inline_since
-            if since and time.monotonic() - since >= limit:
-                self._relieve(since, housekeeping)
-
-    def _relieve(self, since: float, housekeeping: Callable[[], None]) -> None:
-        assert self.hybrid is not None
-        with self.loop_lock:
-            if self.inline_since != since:
-                return  # it finished while we waited for the loop
-            self.hybrid.inline = False
-            self.inline_resumes = float("inf")  # not before this relief ends
-            moved = self.hybrid.to_pool()
-            log.debug("a request held the event loop for %.0f ms; the pool takes over (%d waiting)",
-                      (time.monotonic() - since) * 1000, moved)
-            while self.inline_since == since and not self._closing:
-                wasyncore.loop(timeout=RELIEF_POLL, map=self.map, use_poll=True, count=1)
-                housekeeping()
-            self.inline_resumes = time.monotonic() + INLINE_COOLDOWN
+        if self.relief is not None:
+            self.relief.start(housekeeping)
 
     def shutdown(self) -> None:
-        self._closing = True
+        self.closing = True
+        if self.relief is not None:
+            self.relief.active.set()  # let the relief thread see closing
         self.dispatcher.shutdown(cancel_pending=True, timeout=1)
         for obj in list(self.map.values()):
             obj.close()

@@ -127,15 +127,30 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FLEET_APP", DEFAULT_APP, _app_name,
             "The WSGI application to serve, as module:callable (default: fleet's Hello World app)."),
     Setting("FLEET_THREADS", "4", _whole(0, 1024),
-            "Pool threads per worker, for requests that run long (see FLEET_INLINE_MAX); 0: every "
-            "request on the worker's event loop with no pool to fall back on, only for apps that "
-            "never wait on I/O (a waiting request stalls its worker's other connections)."),
+            "Pool threads per worker: requests that wait (on a database, another service) run "
+            "on them concurrently; 0: every request on the worker's event loop with no pool to "
+            "fall back on, only for apps that never wait on I/O (a waiting request stalls its "
+            "worker's other connections)."),
     Setting("FLEET_INLINE_MAX", "10ms", _seconds_up_to(1.0, "10ms"),
-            "With threads, each request is first served on the worker's event loop, skipping the "
-            "hand-off to a thread; if one runs longer than this, a relief thread takes the loop over "
-            "and requests go to the threads for the next 10 s (0: always to the threads)."),
-    Setting("FLEET_CONNECTION_LIMIT", "100", _whole(1, 100_000),
-            "Open connections per worker; past it the worker leaves new ones to its siblings."),
+            "With threads, requests that only compute are served on the worker's event loop, "
+            "skipping the hand-off to a thread; once one waits on I/O, or computes longer than "
+            "this, the threads serve for a while (1 s, doubling to 30 s while requests keep "
+            "waiting) (0: always the threads)."),
+    Setting("FLEET_CONNECTION_LIMIT", "4096", _whole(16, 100_000),
+            "Open connections per worker, idle ones included; at the limit the worker closes its "
+            "longest-idle connections to make room (the unit's LimitNOFILE= must exceed it)."),
+    Setting("FLEET_HEADER_TIMEOUT", "10", _seconds,
+            "A request whose head (request line and headers) has not fully arrived this long "
+            "after its first byte gets 408 and its connection is closed (slow clients)."),
+    Setting("FLEET_SILENT_TIMEOUT", "5", _seconds,
+            "Close a new connection that sends nothing for this long (preconnects, scanners)."),
+    Setting("FLEET_BODY_TIMEOUT", "20", _seconds,
+            "A request body must arrive within this, plus 1 s for every FLEET_BODY_MIN_RATE "
+            "bytes received, or gets 408 and its connection is closed."),
+    Setting("FLEET_BODY_MIN_RATE", "500", _whole(1, 10**9),
+            "Bytes per second a request body must keep up after FLEET_BODY_TIMEOUT."),
+    Setting("FLEET_MAX_HEADERS", "100", _whole(1, 10_000),
+            "Header fields one request may carry; past it, 431 and the connection is closed."),
     Setting("FLEET_GRACEFUL_TIMEOUT", "30", _seconds,
             "On stop, how long requests in flight may take to finish before they are cut."),
     Setting("FLEET_TIMEOUT", "30", _seconds,
@@ -178,6 +193,11 @@ class Settings:
     threads: int
     inline_max: float
     connection_limit: int
+    header_timeout: float
+    silent_timeout: float
+    body_timeout: float
+    body_min_rate: int
+    max_headers: int
     graceful_timeout: float
     timeout: float
     max_requests: int

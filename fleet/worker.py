@@ -88,24 +88,25 @@ def load_app(name: str) -> Any:
 
 
 class StartHistory:
-    """Counts a worker's starts in a row that did not last, so each further one waits longer.
+    """Counts a worker's starts in a row that never became ready, so each further one waits longer.
 
     The unit restarts at once (RestartSec=0: systemd's timer would round 100 ms
     up to as much as 350 ms) and has no start limit, since a worker that hit it
-    would fail the shared socket too. So the worker paces itself: three quick
-    tries are free, then it waits 2, 4, 8, 16, then 30 s. A failure it can
-    name (a bad FLEET_APP or setting) waits before exiting, so the next start
-    reads the configuration afresh; a death it could not report (a segfault,
-    an OOM kill after READY) is paced at the next start instead. A start
-    counts as good once it has served STABLE_AFTER seconds or exited cleanly.
-    The files live in RuntimeDirectory=, which survives automatic restarts
+    would fail the shared socket too. So the worker paces itself, but only
+    what cannot boot: an app or setting that fails to load, a death before
+    READY=1. Three quick tries are free, then it waits 2, 4, 8, 16, then 30 s.
+    A worker that became ready is replaced at once however often it dies (an
+    OOM-kill loop, a crashing request): pacing it would take a working fleet
+    dark. A failure it can name waits before exiting, so the next start reads
+    the configuration afresh; a death it could not report (a segfault while
+    importing) is paced at the next start instead. The files live in
+    RuntimeDirectory=, which survives automatic restarts
     (RuntimeDirectoryPreserve=restart) and is wiped by a stop, so
     ``fleetctl restart`` starts afresh.
     """
 
     FREE_TRIES = 3
     MAX_DELAY = 30.0
-    STABLE_AFTER = 5.0
 
     def __init__(self, directory: str | None) -> None:
         self.dir = Path(directory) if directory else None
@@ -149,10 +150,10 @@ class StartHistory:
         return self._delay()
 
     def last_error(self) -> str:
-        return self._read("last-error") or f"exited within {self.STABLE_AFTER:g}s of starting"
+        return self._read("last-error") or "exited before it was ready"
 
     def settle(self) -> None:
-        """This start went well: the next one starts at once."""
+        """This start became ready: the next one starts at once."""
         if self.dir:
             for name in ("starts", "last-error", "paced"):
                 (self.dir / name).unlink(missing_ok=True)
@@ -213,7 +214,6 @@ class Worker:
         self.deadline = 0.0
         self.drain_started = 0.0
         self.history = StartHistory(os.environ.get("RUNTIME_DIRECTORY"))
-        self.stable_at = 0.0
         self.next_check = 0.0
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -228,12 +228,12 @@ class Worker:
             signal.signal(signum, self._on_signal)
         if settings.max_requests:
             server.recycle_limit = settings.max_requests + random.randint(0, settings.max_requests_jitter)
-        self.stable_at = time.monotonic() + StartHistory.STABLE_AFTER
         server.start_accepting()
         threads = f"{settings.threads} threads" if settings.threads else "requests served inline"
         status = f"serving {' '.join(server.addresses)} with {threads}"
         systemd.notify(READY=1, STATUS=status)
         log.info("ready: %s (pid %d, app %s)", status, os.getpid(), settings.app)
+        self.history.settle()
         server.start_relief(self._relief_pass)
 
         while True:
@@ -258,10 +258,8 @@ class Worker:
         if now < self.next_check and not server.draining:
             return False
         self.next_check = now + TICK
-        if self.stable_at and now >= self.stable_at:
-            self.history.settle()
-            self.stable_at = 0.0
         server.resume_inline(now)
+        server.sweep(now)
         self.check_health(now)
         if server.draining:
             if server.close_idle() == 0:

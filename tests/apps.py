@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -70,3 +71,55 @@ def shapes(environ: dict[str, Any], start_response: Callable[..., Any]) -> Itera
         return [b"abcdef"]
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
     return [b"hello"]
+
+
+_inside_lock = threading.Lock()
+_inside = 0
+
+
+def held(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """Wait inside the app until the file ``?release=PATH`` exists, counting requests inside.
+
+    How many are inside at once goes to ``PATH.inside``, so a test can wait for
+    a number of requests to be in the app together, then release them.
+    """
+    global _inside
+    release = parse_qs(environ.get("QUERY_STRING", ""))["release"][0]
+    with _inside_lock:
+        _inside += 1
+        with open(release + ".inside", "w") as f:
+            f.write(str(_inside))
+    deadline = time.monotonic() + 60
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.005)  # NOTE: a wait on I/O, as a database query is
+    with _inside_lock:
+        _inside -= 1
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"ok"]
+
+
+def file_response(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """Answer the file named by $FLEET_TEST_FILE through the server's wsgi.file_wrapper if any."""
+    path = os.environ["FLEET_TEST_FILE"]
+    size = os.path.getsize(path)
+    start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(size))])
+    f = open(path, "rb")
+    wrapper = environ.get("wsgi.file_wrapper")
+    return wrapper(f) if wrapper else iter(lambda: f.read(8192), b"")
+
+
+_most_inside = 0
+
+
+def brief(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """Wait 1 ms (a quick database query), and answer the most requests seen inside at once."""
+    global _inside, _most_inside
+    with _inside_lock:
+        _inside += 1
+        _most_inside = max(_most_inside, _inside)
+    time.sleep(0.001)
+    with _inside_lock:
+        _inside -= 1
+        body = str(_most_inside).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]

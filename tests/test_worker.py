@@ -336,7 +336,7 @@ def test_start_history_backs_off_and_settles(tmp_path):
     history = StartHistory(str(tmp_path))
     delays = [history.begin() for _ in range(9)]
     assert delays == [0, 0, 0, 2, 4, 8, 16, 30, 30], "deaths without a word are paced at start"
-    assert history.last_error() == "exited within 5s of starting"
+    assert history.last_error() == "exited before it was ready"
     history.settle()
     assert history.count() == 0 and history.begin() == 0
     assert StartHistory(None).begin() == 0  # by hand: no back-off
@@ -376,23 +376,36 @@ def test_failed_starts_are_counted_and_paced(tmp_path, listener, spawn):
     assert not (tmp_path / "starts").exists()
 
 
-def test_a_start_that_lasts_settles_the_history(tmp_path, listener, spawn):
+def test_a_start_that_becomes_ready_settles_the_history(tmp_path, listener, spawn):
     (tmp_path / "starts").write_text("2")
     worker = spawn(listener, RUNTIME_DIRECTORY=str(tmp_path))
     worker.notify.wait_for("READY", "1")
-    assert (tmp_path / "starts").read_text() == "3", "not proven good yet"
-    deadline = time.monotonic() + StartHistory.STABLE_AFTER + 3
+    # NOTE: settled just after READY=1 is sent: wait for the file, not for a time.
+    deadline = time.monotonic() + 30
     while (tmp_path / "starts").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not (tmp_path / "starts").exists(), "good after serving STABLE_AFTER seconds"
+        time.sleep(0.05)
+    assert not (tmp_path / "starts").exists(), "a worker that became ready is no failed start"
 
 
-def test_crash_after_ready_is_paced_too(tmp_path, listener, spawn):
-    (tmp_path / "starts").write_text("3")  # three starts died young
+def test_a_ready_worker_killed_again_and_again_restarts_at_once(tmp_path, listener, spawn):
+    # NOTE: an OOM-kill loop or a crashing request: pacing these would take the fleet dark.
+    for kill in range(6):
+        worker = spawn(listener, RUNTIME_DIRECTORY=str(tmp_path))
+        worker.notify.wait_for("READY", "1")
+        statuses = [m["STATUS"] for m in worker.notify.messages if "STATUS" in m]
+        assert not any("retrying" in status for status in statuses), f"start {kill + 1}: {statuses}"
+        deadline = time.monotonic() + 30
+        while (tmp_path / "starts").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        worker.kill()
+
+
+def test_a_death_before_ready_is_paced(tmp_path, listener, spawn):
+    (tmp_path / "starts").write_text("3")  # three starts died before they were ready
     started = time.monotonic()
     worker = spawn(listener, RUNTIME_DIRECTORY=str(tmp_path))
     assert worker.notify.wait_for("STATUS")["STATUS"] == (
-        "failed: exited within 5s of starting (retrying in 2s)")
+        "failed: exited before it was ready (retrying in 2s)")
     worker.notify.wait_for("READY", "1")
     assert time.monotonic() - started >= 2
 
@@ -503,10 +516,8 @@ def test_fast_requests_are_served_on_the_event_loop_and_slow_ones_on_the_pool(li
     port = port_of(listener)
     assert {served_by(port) for _ in range(5)} == {"MainThread"}, "a fast request needs no hand-off"
     assert served_by(port, "/?sleep=0.1") == "MainThread", "a request starts on the loop"
-    after = {served_by(port) for _ in range(5)}
-    assert "MainThread" not in after and all(name.startswith("waitress-") for name in after), (
-        f"after a request ran long on the loop, requests go to the pool for a while: {after}"
-    )
+    after = served_by(port)
+    assert after.startswith("waitress-"), f"after a request ran long on the loop, the pool serves: {after}"
 
 
 def test_a_long_request_on_the_loop_holds_up_no_other_connection(listener, spawn):

@@ -1,0 +1,305 @@
+"""fleet/server.py against real clients: dispatch, the accept gate, deadlines, framing."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import get
+from tests.test_worker import background_get, port_of
+
+
+def connect(port: int, timeout: float = 10) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (or the socket's timeout)."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def wait_until(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not after {timeout:g} s")
+        time.sleep(0.02)
+
+
+# --- dispatch ------------------------------------------------------------------------
+
+
+def test_with_the_defaults_a_worker_serves_as_many_waiting_requests_at_once_as_it_has_threads(
+        tmp_path: Path, listener, spawn):
+    # NOTE: no clock: requests wait inside the app until the test releases them,
+    # so the count can only reach 4 if 4 are served concurrently.
+    worker = spawn(listener, FLEET_APP="tests.apps:held")
+    worker.notify.wait_for("READY", "1")
+    release = tmp_path / "release"
+    inside = Path(f"{release}.inside")
+    for _ in range(5):
+        background_get(port_of(listener), f"/?release={release}", timeout=60)
+    try:
+        wait_until(lambda: inside.exists() and int(inside.read_text() or 0) >= 4, 30,
+                   "4 requests inside the app at once (FLEET_THREADS=4)")
+    finally:
+        release.touch()
+
+
+def test_requests_with_short_waits_are_served_concurrently(listener, spawn):
+    # NOTE: a compute limit of 1 s leaves only the waiting itself to tell the
+    # worker these requests are better served by its threads.
+    worker = spawn(listener, FLEET_APP="tests.apps:brief", FLEET_INLINE_MAX="1s")
+    worker.notify.wait_for("READY", "1")
+    most = []
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port_of(listener), timeout=30)
+        try:
+            for _ in range(40):
+                conn.request("GET", "/")
+                most.append(int(conn.getresponse().read()))
+        finally:
+            conn.close()
+
+    clients = [threading.Thread(target=client) for _ in range(8)]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join()
+    assert len(most) == 8 * 40, "every request was answered"
+    assert max(most) >= 2, "requests that wait were served one at a time"
+
+
+def test_requests_that_wait_go_to_the_threads_and_fast_ones_come_back_to_the_loop(listener, spawn):
+    worker = spawn(listener, FLEET_APP="tests.apps:thread")
+    worker.notify.wait_for("READY", "1")
+    port = port_of(listener)
+
+    def served_by(path: str) -> str:
+        status, _, body = get(port, path)
+        assert status == 200
+        return body.decode()
+
+    assert {served_by("/") for _ in range(5)} == {"MainThread"}
+    for _ in range(30):  # NOTE: 3 ms waits, each too short to watch: they add up
+        served_by("/?sleep=0.003")
+    assert served_by("/").startswith("waitress-"), "after requests waited, the threads serve"
+
+
+def test_an_idle_worker_leaves_its_relief_thread_asleep(listener, spawn):
+    worker = spawn(listener)
+    worker.notify.wait_for("READY", "1")
+
+    def switches() -> int:
+        """Context switches of every thread but the loop thread (which wakes 4 times a second)."""
+        total = 0
+        for task in Path(f"/proc/{worker.pid}/task").iterdir():
+            if task.name != str(worker.pid):
+                for line in (task / "status").read_text().splitlines():
+                    if "ctxt_switches" in line:
+                        total += int(line.split()[1])
+        return total
+
+    def quiet_for_half_a_second() -> bool:
+        before = switches()
+        time.sleep(0.5)
+        return switches() == before
+
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            get(port_of(listener))
+
+    client = threading.Thread(target=load)
+    client.start()
+    try:
+        assert not quiet_for_half_a_second(), "the relief thread watches while requests come in"
+    finally:
+        stop.set()
+        client.join()
+    wait_until(quiet_for_half_a_second, 10, "the relief thread asleep once requests stop")
+
+
+# --- the accept gate and the connection limit ------------------------------------------
+
+
+def test_connections_that_send_nothing_never_close_the_gate(listener, spawn):
+    worker = spawn(listener, FLEET_THREADS="1")
+    worker.notify.wait_for("READY", "1")
+    silent = [connect(port_of(listener)) for _ in range(50)]
+    try:
+        for _ in range(5):
+            assert get(port_of(listener), timeout=10)[0] == 200
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+def test_at_the_connection_limit_the_longest_idle_connections_make_room(listener, spawn):
+    worker = spawn(listener, FLEET_CONNECTION_LIMIT="16")
+    worker.notify.wait_for("READY", "1")
+    idle = []
+    for _ in range(16):
+        sock = connect(port_of(listener))
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        idle.append(sock)
+    try:
+        for _ in range(3):
+            assert get(port_of(listener), timeout=10)[0] == 200, "new clients are served at the limit"
+        idle[0].settimeout(10)
+        assert idle[0].recv(10) == b"", "the longest-idle connection was closed to make room"
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+# --- deadlines --------------------------------------------------------------------------
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_silent_timeout(listener, spawn):
+    worker = spawn(listener, FLEET_SILENT_TIMEOUT="0.5")
+    worker.notify.wait_for("READY", "1")
+    with connect(port_of(listener)) as sock:
+        assert read_until_closed(sock) == b""
+
+
+def test_a_request_head_that_trickles_gets_408_and_is_closed(listener, spawn):
+    worker = spawn(listener, FLEET_HEADER_TIMEOUT="1")
+    worker.notify.wait_for("READY", "1")
+    with connect(port_of(listener), timeout=20) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n")
+        for _ in range(100):  # a byte at a time, as slowloris does, until the server closes
+            try:
+                sock.sendall(b"X")
+            except OSError:
+                break
+            time.sleep(0.05)
+        reply = read_until_closed(sock)
+    assert reply.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), reply
+
+
+def test_a_body_slower_than_the_minimum_rate_gets_408(listener, spawn):
+    worker = spawn(listener, FLEET_BODY_TIMEOUT="1", FLEET_BODY_MIN_RATE="100")
+    worker.notify.wait_for("READY", "1")
+    with connect(port_of(listener), timeout=20) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\nabc")
+        reply = read_until_closed(sock)
+    assert reply.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), reply
+
+
+def test_a_body_that_keeps_its_rate_is_served(listener, spawn):
+    worker = spawn(listener, FLEET_APP="tests.apps:thread", FLEET_BODY_TIMEOUT="1", FLEET_BODY_MIN_RATE="100")
+    worker.notify.wait_for("READY", "1")
+    with connect(port_of(listener), timeout=20) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 2000\r\n\r\n")
+        for _ in range(20):  # 100 bytes every 50 ms: well above the minimum rate
+            sock.sendall(b"x" * 100)
+            time.sleep(0.05)
+        reply = read_until_closed(sock)
+    assert reply.startswith(b"HTTP/1.1 200"), reply
+
+
+# --- framing ---------------------------------------------------------------------------
+
+
+def status_of(reply: bytes) -> bytes:
+    """The status code of the first response in ``reply`` (HTTP/1.0 or 1.1)."""
+    return reply.split(b"\r\n", 1)[0].split(b" ")[1] if reply else b"(closed)"
+
+
+def raw(port: int, request: bytes) -> bytes:
+    with connect(port) as sock:
+        sock.sendall(request)
+        return read_until_closed(sock)
+
+
+@pytest.mark.parametrize(("count", "status"), [(100, b"200"), (101, b"431")])
+def test_header_count_is_bounded(listener, spawn, count, status):
+    worker = spawn(listener)
+    worker.notify.wait_for("READY", "1")
+    headers = b"".join(b"X-H%d: v\r\n" % i for i in range(count - 2))  # + Host and Connection
+    reply = raw(port_of(listener), b"GET / HTTP/1.1\r\nHost: t\r\n" + headers + b"Connection: close\r\n\r\n")
+    assert status_of(reply) == status, reply[:200]
+
+
+def test_ten_thousand_headers_are_refused_before_parsing(listener, spawn):
+    worker = spawn(listener)
+    worker.notify.wait_for("READY", "1")
+    headers = b"".join(b"X-H%d: v\r\n" % i for i in range(10_000))
+    reply = raw(port_of(listener), b"GET / HTTP/1.1\r\nHost: t\r\n" + headers + b"\r\n")
+    assert status_of(reply) == b"431", reply[:200]
+    assert b"connection: close" in reply.lower()
+
+
+@pytest.mark.parametrize("framing", [
+    b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+    b"Transfer-Encoding: chunked\r\ncontent-length: 5\r\n",
+    b"Content-Length: 5\r\nContent-Length: 6\r\n",
+], ids=["cl-te", "te-cl", "two-lengths"])
+def test_ambiguous_framing_gets_400_and_the_connection_closed(listener, spawn, framing):
+    worker = spawn(listener)
+    worker.notify.wait_for("READY", "1")
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n"
+    reply = raw(port_of(listener), b"POST / HTTP/1.1\r\nHost: t\r\n" + framing + b"\r\n0\r\n\r\n" + smuggled)
+    assert status_of(reply) == b"400", reply[:200]
+    assert reply.count(b"HTTP/1.") == 1, "nothing after the bad request was answered"
+
+
+@pytest.mark.parametrize("path", ["/", "/chunked", "/big"])
+def test_head_never_carries_a_body_so_the_next_response_parses(listener, spawn, path):
+    worker = spawn(listener, FLEET_APP="tests.apps:shapes")
+    worker.notify.wait_for("READY", "1")
+    reply = raw(port_of(listener), f"HEAD {path} HTTP/1.1\r\nHost: t\r\n\r\n"
+                                   f"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+    head, _, rest = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    if path == "/chunked":
+        # NOTE: waitress closes after any response of unknown length; the last
+        # chunk (0 CRLF CRLF) would be a body too.
+        assert b"Connection: close" in head and rest == b"", rest[:60]
+        return
+    assert rest.startswith(b"HTTP/1.1 200"), f"the HEAD response carried a body: {rest[:60]!r}"
+    assert rest.endswith(b"hello")
+    if path == "/big":
+        assert b"Content-Length: 204800" in head, "HEAD keeps the headers GET would have"
+
+
+def test_head_of_a_file_response_carries_no_body(tmp_path: Path, listener, spawn):
+    worker = spawn(listener, FLEET_APP="tests.apps:file_response", FLEET_TEST_FILE=str(tmp_path / "f"))
+    (tmp_path / "f").write_bytes(b"z" * 1000)
+    worker.notify.wait_for("READY", "1")
+    reply = raw(port_of(listener), b"HEAD / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    head, _, rest = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and rest == b"", rest[:60]
+
+
+def test_many_silent_and_idle_connections_leave_new_clients_served(listener, spawn):
+    worker = spawn(listener, FLEET_THREADS="2")
+    worker.notify.wait_for("READY", "1")
+    port = port_of(listener)
+    held: list[socket.socket] = []
+    try:
+        for i in range(300):
+            sock = connect(port)
+            if i % 2:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            held.append(sock)
+        for _ in range(5):
+            assert get(port, timeout=10)[0] == 200
+    finally:
+        for sock in held:
+            sock.close()
+    assert os.path.exists(f"/proc/{worker.pid}"), "the worker is still there"
+    assert threading.active_count() >= 1
