@@ -530,8 +530,8 @@ class Relief:
                         active.set()
                 continue
             last_busy = now
-            if not hybrid.inline:
-                continue  # a batch begun before the hand-over: the pool takes what follows
+            # NOTE: a batch begun before a hand-over is watched too: the loop
+            # thread serving it is not polling.
             if now - since >= self.limit:
                 self._relieve(since, housekeeping, f"a request ran {(now - since) * 1000:.0f} ms on the loop")
                 continue
@@ -545,7 +545,7 @@ class Relief:
                     continue
                 last_asleep_in = since
             if looks >= WAIT_SAMPLES:
-                if asleep >= WAIT_SHARE * looks:
+                if asleep >= WAIT_SHARE * looks and hybrid.inline:
                     self.hand_over(f"requests waited on I/O in {asleep} of {looks} looks")
                 looks = asleep = 0
 

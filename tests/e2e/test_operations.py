@@ -188,7 +188,8 @@ def test_hung_worker_is_replaced_while_siblings_serve(fleet: Fleet) -> None:
     instance = wait_for(replaced, lambda i: i is not None, 40, "the hung worker's replacement", every=0.05)
     took = time.monotonic() - hung_at
     print(f"\nhang to replacement: {took:.2f}s (FLEET_TIMEOUT=2); siblings served {served}, failed {failed}")
-    assert failed == 0 and served > 10, "healthy workers keep serving meanwhile"
+    # NOTE: how many get served depends on the machine's speed; that none fails does not.
+    assert failed == 0 and served > 0, "healthy workers keep serving meanwhile"
     assert took < 2 + 5
     journal = fleet.box.run("journalctl", "-u", f"fleet-worker@{instance}", "--no-pager").stdout
     assert "hung: all 1 threads stuck on requests for over 2s (FLEET_TIMEOUT)" in journal
