@@ -44,7 +44,7 @@ from .hostile import (
 
 WORKERS = ("1", "2")
 APPS = "/srv/fleet-test-apps"
-RSS_BOUND_MIB = 128  # per worker: an idle one holds ~33 MiB, the most seen under attack 69
+RSS_BOUND_MIB = 128  # per worker: an idle one holds ~33 MiB, the most seen under attack 71
 PROBE_RATE = 99.0  # percent of the probe's requests answered within 2 s
 
 # The worker's defaults these tests expect (docs/security.md).
