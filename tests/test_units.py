@@ -63,6 +63,10 @@ def test_worker_template_shape():
     assert service["EnvironmentFile"] == "-/etc/default/fleet"
     assert service["Restart"] == "always"
     assert "CPUAffinity" not in service, "CPUAffinity=%i fails every instance past the CPU count"
+    # NOTE: the shared socket's O_NONBLOCK is every worker's: systemd must not clear it at each start.
+    assert service["NonBlocking"] == "yes"
+    from fleet.settings import Settings
+    assert int(service["LimitNOFILE"]) > 2 * Settings.from_env({}).connection_limit
     assert unit("fleet-worker@.service")["Unit"]["PartOf"] == "fleet.service"
     assert unit("fleet-worker@.service")["Install"]["WantedBy"] == "fleet.service"
 
@@ -72,6 +76,7 @@ def test_socket_is_shared_not_per_worker():
     assert socket_section["ListenStream"] == "8000"
     assert socket_section.get("Accept", "no") == "no" and socket_section["ReusePort"] == "no"
     assert socket_section["TriggerLimitIntervalSec"] == "0"
+    assert socket_section["DeferAcceptSec"] == "5", "connections reach workers with their request"
     assert unit("fleet.socket")["Install"]["WantedBy"] == "sockets.target"
 
 

@@ -231,12 +231,12 @@ def test_one_crash_looping_worker_backs_off_and_recovers(fleet: Fleet) -> None:
         f"\ncrash loop for {elapsed:.0f}s: {restarts} restarts, {cpu / elapsed:.1%} of a core "
         f"({cpu / (restarts + 1):.2f} s of CPU a start); status {row['state']}: {row['status']}"
     )
-    # NOTE: bounds on behaviour, not on this machine's speed: every request answered
-    # (however few a busy machine fits in 20 s), few starts, and each start costing only
-    # its import (about 0.2 s of CPU), the waits between them nothing.
+    # NOTE: every request answered, however few a busy machine fits in 20 s.
     assert served == asked >= 10, f"the healthy worker kept serving: {served} of {asked}"
     assert 3 <= restarts <= 3 + 5, "paced: a few quick tries, then at least 2 s apart"
-    assert cpu / (restarts + 1) < 1.0, f"{cpu:.1f} s of CPU for {restarts + 1} starts"
+    # NOTE: the restart count is what keeps it cheap; CPU per start grows on a
+    # loaded machine (0.09 s quiet, 0.21 s at a load of 8), so the bound is loose.
+    assert cpu / elapsed < 0.25
     assert row["state"] == "failing" and "cannot import WSGI app 'nosuch_module:app'" in row["status"]
 
     fleet.box.run("rm", dropin)

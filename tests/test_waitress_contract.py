@@ -1,0 +1,140 @@
+"""What fleet/server.py needs from waitress beyond its public API, checked on real objects.
+
+fleet adapts waitress to a shared socket, a drain, deadlines and an inline
+dispatch; doing so it uses names waitress does not promise to keep. Each is
+listed here with why fleet needs it, so a waitress release that moves one
+fails this test with a message naming it, instead of failing a worker in
+production. ``make unit`` runs it against Debian's waitress, ``make pypi``
+against the newest release.
+"""
+
+from __future__ import annotations
+
+import inspect
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import waitress
+from waitress import wasyncore
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser, ParsingError
+from waitress.server import BaseWSGIServer
+from waitress.task import ThreadedTaskDispatcher, WSGITask
+from waitress.utilities import RequestHeaderFieldsTooLarge
+
+PARAMETERS = {
+    waitress.create_server: {"map": "to share one event loop map between IP and UNIX sockets",
+                             "_start": "to keep the Backlog= that fleet.socket set",
+                             "_dispatcher": "to plug in fleet's dispatch"},
+    wasyncore.loop: {"timeout": "to poll in housekeeping-sized passes", "map": "", "use_poll": "",
+                     "count": "to run one pass at a time"},
+    ThreadedTaskDispatcher.shutdown: {"cancel_pending": "", "timeout": ""},
+    HTTPRequestParser.parse_header: {"header_plus": "to check framing and count headers first"},
+}
+CLASS_ATTRIBUTES = {
+    HTTPChannel: {"task_class": "to count requests in flight and mark the worker",
+                  "parser_class": "to parse with fleet's stricter parser",
+                  "received": "to time a request's head and body",
+                  "handle_close": "", "write_soon": "to send a small response in one send()"},
+    BaseWSGIServer: {"channel_class": "to use fleet's channel", "readable": "for the accept gate",
+                     "handle_accept": "to accept a batch per pass", "pull_trigger": "",
+                     "accepting": "to stop accepting while draining"},
+    ThreadedTaskDispatcher: {"add_task": "to serve inline or on the pool", "set_thread_count": ""},
+    WSGITask: {"service": "", "write": "", "finish": "to keep a HEAD response bodiless",
+               "get_environment": "to drop the file wrapper for HEAD",
+               "build_response_header": "to end keep-alive when draining", "has_body": ""},
+    wasyncore: {"file_dispatcher": "to wake the loop on signals"},
+}
+INSTANCE_ATTRIBUTES = {
+    "channel": ("request", "requests", "total_outbufs_len", "will_close", "close_when_flushed",
+                "last_activity", "creation_time", "socket", "server", "addr"),
+    "listener": ("trigger", "adj"),
+    "dispatcher": ("queue",),
+    "parser": ("headers_finished", "body_bytes_received", "completed", "error", "command", "headers"),
+    "task": ("wrote_header", "complete", "content_length", "chunked_response",
+             "content_bytes_written", "request", "channel", "status", "response_headers"),
+}
+
+
+def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Length", "0")])
+    return []
+
+
+@pytest.fixture
+def objects() -> Iterator[dict[str, Any]]:
+    """A listener, a channel on a real connection, a parser and a task, as fleet makes them."""
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(8)
+    dispatcher = ThreadedTaskDispatcher()
+    event_map: dict[int, Any] = {}
+    listener = waitress.create_server(app, map=event_map, _start=False, _dispatcher=dispatcher,
+                                      sockets=[listening])
+    ours, theirs = socket.socketpair()
+    channel = HTTPChannel(listener, ours, ("127.0.0.1", 1), listener.adj, map=event_map)
+    parser = HTTPRequestParser(listener.adj)
+    parser.received(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    task = WSGITask(channel, parser)
+    yield {"listener": listener, "channel": channel, "parser": parser, "task": task,
+           "dispatcher": dispatcher}
+    for obj in list(event_map.values()):
+        obj.close()
+    theirs.close()
+
+
+def version() -> str:
+    from importlib.metadata import version as of
+
+    return of("waitress")
+
+
+@pytest.mark.parametrize("function", list(PARAMETERS), ids=lambda f: f.__qualname__)
+def test_functions_take_the_parameters_fleet_passes(function: Any) -> None:
+    have = inspect.signature(function).parameters
+    for name, why in PARAMETERS[function].items():
+        assert name in have, (f"waitress {version()}: {function.__qualname__}() lost its {name!r} "
+                              f"parameter, which fleet/server.py passes {why}".rstrip())
+
+
+@pytest.mark.parametrize("owner", list(CLASS_ATTRIBUTES), ids=lambda o: o.__name__)
+def test_classes_have_what_fleet_overrides_or_calls(owner: Any) -> None:
+    for name, why in CLASS_ATTRIBUTES[owner].items():
+        assert hasattr(owner, name), (f"waitress {version()}: {owner.__name__}.{name} is gone; "
+                                      f"fleet/server.py uses it {why}".rstrip())
+
+
+@pytest.mark.parametrize("kind", list(INSTANCE_ATTRIBUTES))
+def test_objects_keep_the_state_fleet_reads(objects: dict[str, Any], kind: str) -> None:
+    obj = objects[kind]
+    for name in INSTANCE_ATTRIBUTES[kind]:
+        assert hasattr(obj, name), (f"waitress {version()}: a {type(obj).__name__} has no {name!r}, "
+                                    f"which fleet/server.py reads")
+
+
+ADJUSTMENTS = ("sockets", "threads", "connection_limit", "channel_timeout", "asyncore_use_poll", "ident",
+               "outbuf_high_watermark")
+
+
+def test_create_server_takes_the_settings_fleet_passes() -> None:
+    from waitress.adjustments import Adjustments
+
+    known = {name for name, _ in Adjustments._params}
+    for name in ADJUSTMENTS:
+        assert name in known, f"waitress {version()}: create_server() no longer takes {name}="
+
+
+def test_a_parse_error_is_a_400_and_too_many_headers_a_431() -> None:
+    assert issubclass(ParsingError, Exception)
+    assert RequestHeaderFieldsTooLarge("x").code == 431, "FLEET_MAX_HEADERS answers with it"
+
+
+def test_add_task_is_called_with_the_channel_from_received(objects: dict[str, Any]) -> None:
+    # NOTE: the inline dispatch queues the channel add_task() gets and serves it after the pass.
+    seen: list[Any] = []
+    objects["dispatcher"].add_task = seen.append
+    channel = objects["channel"]
+    channel.received(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert seen == [channel], f"waitress {version()}: received() no longer hands the channel to add_task()"
