@@ -390,9 +390,9 @@ def test_a_kill_storm_under_load_is_served_through(fleet: Fleet, every: float) -
     # replaced at once, never paced like a worker that cannot boot.
     assert paced == 0, f"{paced} starts were paced after a worker that had served was killed"
     assert settled and all(s.ok for s in settled), f"from 3 s after the storm: {probe.summary(settled)}"
-    # NOTE: kill -9 loses the requests its victim holds (in flight: reset). How many of
-    # the probe's that is grows with the kills and with how long a request sits in a
-    # worker under load, which a busy machine stretches: 0-7% of the probe in the 1 s
-    # storm here, 5-10% in the 0.2 s one, with the same build. What does not depend on
-    # speed: the fleet never goes dark, so every request is answered or lost that way.
+    # NOTE: kill -9 loses the requests its victim holds (in flight: reset), the more the
+    # longer a request sits in a worker. While every worker start turned the shared
+    # socket blocking, that was 0-7% of the probe in the 1 s storm and 5-10% in the
+    # 0.2 s one; since (NonBlocking=yes) none in 99 kills. Both shares are printed.
     assert served_or_lost >= 95.0, f"during the storm, not lost to a kill: {probe.summary(during)}"
+    assert probe.rate(during) >= 95.0, f"during the storm: {probe.summary(during)}"
