@@ -8,12 +8,14 @@ only what they prove. Instances are named as systemd names them: strings ("1", "
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import re
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -132,8 +134,21 @@ class Fleet:
         return int(self.show(f"fleet-worker@{instance}.service", "MainPID"))
 
     def pids(self) -> dict[str, int]:
-        """Return {instance: MainPID} of every running worker: a new pid proves a restart."""
-        return {i: self.pid(i) for i in sorted(self.running())}
+        """Return {instance: MainPID} of every running worker: a new pid proves a restart.
+
+        NOTE: one systemctl call, so the set of active workers and their pids are read at
+        one instant; listing them first and then asking each pid can give a restarting
+        worker's 0, or its replacement's pid.
+        """
+        out = self.box.run("systemctl", "show", "--state=active", "--property=Id", "--property=MainPID",
+                           "fleet-worker@*.service").stdout  # fmt: skip
+        found: dict[str, int] = {}
+        for block in out.strip().split("\n\n"):
+            props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+            m = re.fullmatch(r"fleet-worker@([^.\s]+)\.service", props.get("Id", ""))
+            if m:
+                found[m.group(1)] = int(props["MainPID"])
+        return dict(sorted(found.items()))
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """GET /healthz; return its status and JSON body (worker, pid, status)."""
@@ -214,6 +229,11 @@ class Traffic:
             else:
                 self.failures.append(f"{status} {body[:80]!r}")
 
+    def wait_answered(self, count: int = 3, timeout: float = 30) -> None:
+        """Wait until ``count`` more requests have been answered: the traffic runs, now."""
+        target = self.ok + count
+        wait_for(lambda: self.ok, lambda ok: ok >= target, timeout, "requests answered", every=0.02)
+
     def __enter__(self) -> Traffic:
         self._thread.start()
         return self
@@ -221,3 +241,25 @@ class Traffic:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=self.timeout + 15)
+
+
+_TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
+               "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN",
+               "0B": "CLOSING"}  # fmt: skip
+
+
+def server_connections(port: int) -> Counter[str]:
+    """Count the TCP sockets whose local port is ``port`` by state, LISTEN and TIME_WAIT left out.
+
+    Read from the host's /proc/net: the containers share its network namespace. What
+    is left once the clients have gone is what the fleet still holds (or has not yet
+    accepted) of them.
+    """
+    states: Counter[str] = Counter()
+    for name in ("tcp", "tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(f"/proc/net/{name}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] not in ("0A", "06"):
+                    states[_TCP_STATES.get(fields[3], fields[3])] += 1
+    return states

@@ -18,7 +18,7 @@ import pytest
 from tests.load import Load
 
 from .container import SUITES, Container, http_get
-from .fleet import Fleet, wait_for
+from .fleet import Fleet, server_connections, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 APPS = "/srv/fleet-test-apps"
@@ -36,11 +36,17 @@ def install_app(box: Container, name: str, source: str) -> None:
     box.write_file(f"{APPS}/{name}.py", source)
 
 
+def wait_load_running(fleet: Fleet) -> None:
+    """Wait until wrk's connections reach the fleet: an operation started now runs under load."""
+    wait_for(lambda: server_connections(fleet.port)["ESTABLISHED"], lambda n: n >= 10, 30,
+             "wrk's connections to the fleet")  # fmt: skip
+
+
 @pytest.mark.releases(*SUITES)
 def test_rolling_restart_under_load_loses_nothing(fleet: Fleet) -> None:
     before = fleet.pids()
     with Load(fleet.port, seconds=10, connections=20) as load:
-        time.sleep(1.5)
+        wait_load_running(fleet)
         fleet.fleetctl("restart")
         middle = fleet.pids()
         time.sleep(1)
@@ -65,7 +71,7 @@ def test_upgrade_under_load_loses_nothing(fleet: Fleet, tmp_path: Path) -> None:
     socket_since = fleet.show("fleet.socket", "ActiveEnterTimestampMonotonic")
     before = fleet.pids()
     with Load(fleet.port, seconds=12, connections=20) as load:
-        time.sleep(1.5)
+        wait_load_running(fleet)
         fleet.box.install_deb(newer)
     result = load.result()
     assert result.failed == 0, f"{result}\n{result.output}"
@@ -100,10 +106,11 @@ print(held)
 def test_kill_9_under_load_loses_at_most_the_victims_requests(fleet: Fleet) -> None:
     replaced_in: list[float] = []
     held_total = 0
-    # NOTE: alternate victims, 3 s apart: each worker lives 6 s. A worker that
-    # became ready is never paced, however often it is killed.
+    # NOTE: alternate victims, 3 s apart, so each replacement is timed on its
+    # own. A worker that served is replaced at once however often it dies (no
+    # pacing): test_hostile.py kills one every 0.2 s.
     with Load(fleet.port, seconds=18, connections=20) as load:
-        time.sleep(1.5)
+        wait_load_running(fleet)
         for kill in range(5):
             instance = ("1", "2")[kill % 2]
             victim = fleet.pids()[instance]
@@ -211,19 +218,25 @@ def test_one_crash_looping_worker_backs_off_and_recovers(fleet: Fleet) -> None:
 
     fleet.box.run("systemctl", "restart", "--no-block", "fleet-worker@2")
     started, cpu_before = time.monotonic(), cpu_usec()
-    served = 0
+    asked = served = 0
     while time.monotonic() - started < 20:
         assert socket_state(fleet) == "active", "one bad worker must never fail the socket"
+        asked += 1
         served += http_get(fleet.port, "/", timeout=5)[0] == 200
         time.sleep(0.5)
     elapsed, cpu = time.monotonic() - started, (cpu_usec() - cpu_before) / 1e6
     restarts = int(fleet.show("fleet-worker@2.service", "NRestarts"))
-    row = next(i for i in fleet.status()["instances"] if i["instance"] == "2")
+    # NOTE: between two paced tries the worker is briefly "activating" with no status
+    # yet (a new start, importing the app): wait for the failing state rather than
+    # reading it at one instant.
+    row = wait_for(lambda: next(i for i in fleet.status()["instances"] if i["instance"] == "2"),
+                   lambda r: r["state"] == "failing", 30, "worker 2 failing")  # fmt: skip
     print(
-        f"\ncrash loop for {elapsed:.0f}s: {restarts} restarts, {cpu / elapsed:.1%} of a core; "
-        f"status {row['state']}: {row['status']}"
+        f"\ncrash loop for {elapsed:.0f}s: {restarts} restarts, {cpu / elapsed:.1%} of a core "
+        f"({cpu / (restarts + 1):.2f} s of CPU a start); status {row['state']}: {row['status']}"
     )
-    assert served >= 35, "the healthy worker kept serving"
+    # NOTE: every request answered, however few a busy machine fits in 20 s.
+    assert served == asked >= 10, f"the healthy worker kept serving: {served} of {asked}"
     assert 3 <= restarts <= 3 + 5, "paced: a few quick tries, then at least 2 s apart"
     # NOTE: the restart count is what keeps it cheap; CPU per start grows on a
     # loaded machine (0.09 s quiet, 0.21 s at a load of 8), so the bound is loose.
