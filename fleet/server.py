@@ -86,6 +86,11 @@ SWEEP_EVERY = 0.5
 REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
                    b"Content-Type: text/plain\r\nContent-Length: 16\r\n\r\nRequest Timeout\n")
 _FRAMING_HEADER = re.compile(rb"^(content-length|transfer-encoding)[ \t]*:", re.I | re.M)
+_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 section 5.6.2: a token
+# A response the client does not read is spooled (past 1 MiB to a temporary
+# file) up to this much before the thread writing it waits for the client: a
+# client that never reads must not hold a thread.
+OUTPUT_SPOOL = 256 * 2**20
 
 
 class FleetParser(HTTPRequestParser):  # type: ignore[misc]
@@ -94,8 +99,10 @@ class FleetParser(HTTPRequestParser):  # type: ignore[misc]
     A request with both Content-Length and Transfer-Encoding is ambiguous
     (RFC 9112 section 6.1): a proxy in front may frame it differently, which is
     how requests are smuggled. waitress lets the chunked framing win and keeps
-    the connection; fleet answers 400 and closes it. Too many header fields cost
-    CPU to parse (10,000 took ~35 ms), so they are counted before parsing.
+    the connection; fleet answers 400 and closes it, as it does a method that
+    is no token (waitress 2.1 passes control bytes on to the app). Too many
+    header fields cost CPU to parse (10,000 took ~35 ms), so they are counted
+    before parsing.
     """
 
     max_headers = 100  # set per server from FLEET_MAX_HEADERS
@@ -110,6 +117,8 @@ class FleetParser(HTTPRequestParser):  # type: ignore[misc]
         framing = {name.lower() for name in _FRAMING_HEADER.findall(header_plus)}
         if len(framing) == 2:
             raise ParsingError("Content-Length and Transfer-Encoding together")
+        if not _METHOD.match(header_plus, 0, max(0, header_plus.find(b" "))):
+            raise ParsingError("the request method is not a token")
         super().parse_header(header_plus)
 
 
@@ -630,17 +639,18 @@ class FleetServer:
             # for the event loop to flush: inline, that is the loop waiting on
             # itself. Unbounded, big bodies spill to a temporary file instead.
             adjustments["outbuf_high_watermark"] = 2**62
-        elif settings.inline_max > 0:
-            # NOTE: waitress's output bound stays: a long response served on the
-            # loop that waits for its own flush is a request that waits, and the
-            # relief thread then flushes it.
-            self.hybrid = HybridDispatcher(self.loop_thread)
-            self.pending = self.hybrid.pending
-            self.dispatcher = self.hybrid
-            self.dispatcher.set_thread_count(settings.threads)
-            self.relief = Relief(self, self.hybrid, settings.inline_max)
         else:
-            self.dispatcher = ThreadedTaskDispatcher()
+            adjustments["outbuf_high_watermark"] = OUTPUT_SPOOL
+            if settings.inline_max > 0:
+                # NOTE: past OUTPUT_SPOOL, a response served on the loop waits for
+                # its own flush: a request that waits, and the relief thread then
+                # flushes it.
+                self.hybrid = HybridDispatcher(self.loop_thread)
+                self.pending = self.hybrid.pending
+                self.dispatcher = self.hybrid
+                self.relief = Relief(self, self.hybrid, settings.inline_max)
+            else:
+                self.dispatcher = ThreadedTaskDispatcher()
             self.dispatcher.set_thread_count(settings.threads)
         # NOTE: waitress will not mix IP and UNIX sockets in one server, so each
         # family gets its own, sharing one event loop map and one thread pool.

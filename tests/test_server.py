@@ -286,6 +286,32 @@ def test_ambiguous_framing_gets_400_and_the_connection_closed(listener, spawn, f
     assert reply.count(b"HTTP/1.") == 1, "nothing after the bad request was answered"
 
 
+def test_a_method_that_is_no_token_gets_400_and_the_connection_closed(listener, spawn):
+    worker = spawn(listener, FLEET_APP="tests.apps:thread")
+    worker.notify.wait_for("READY", "1")
+    follow = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
+    reply = raw(port_of(listener), b"\x00\x01\x02 / HTTP/1.1\r\nHost: t\r\n\r\n" + follow)
+    assert status_of(reply) == b"400", reply[:200]
+    assert reply.count(b"HTTP/1.") == 1, "nothing after the bad request was answered"
+
+
+def test_clients_that_never_read_a_large_response_hold_no_thread(listener, spawn):
+    worker = spawn(listener, FLEET_APP="tests.apps:shapes", FLEET_THREADS="1", FLEET_INLINE_MAX="0")
+    worker.notify.wait_for("READY", "1")
+    readers = []
+    try:
+        for _ in range(3):  # NOTE: 3 clients, 1 thread: each must be let go of
+            sock = connect(port_of(listener))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(b"GET /huge HTTP/1.1\r\nHost: t\r\n\r\n")
+            readers.append(sock)
+        for _ in range(3):
+            assert get(port_of(listener), timeout=20)[0] == 200
+    finally:
+        for sock in readers:
+            sock.close()
+
+
 @pytest.mark.parametrize("path", ["/", "/chunked", "/big"])
 def test_head_never_carries_a_body_so_the_next_response_parses(listener, spawn, path):
     worker = spawn(listener, FLEET_APP="tests.apps:shapes")
