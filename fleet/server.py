@@ -80,7 +80,7 @@ ACCEPT_BATCH = 16
 # still waiting after this long has found no idle sibling, and a worker that
 # is getting through its requests takes it (one per GATE_PATIENCE), so no
 # connection waits in the kernel for as long as the fleet stays busy.
-GATE_PATIENCE = 0.02
+GATE_PATIENCE = 0.005
 # How often the connection deadlines are checked.
 SWEEP_EVERY = 0.5
 REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
