@@ -90,7 +90,7 @@ PEERS: dict[str, tuple[str, Factory, tuple[str, ...] | None]] = {
 FAULT_PEERS = (
     "fleet", "fleet-before", "fleet-bare", "node", "gunicorn-sync", "gunicorn-gthread", "granian", "uwsgi",
 )
-HOSTILE_PEERS = ("fleet", "fleet-before", "waitress", "gunicorn-sync", "node", "granian")
+HOSTILE_PEERS = ("fleet", "waitress", "gunicorn-sync", "node", "granian")
 # NOTE: --quick (without --only) runs every stage and every app, but beyond Hello World
 # only with the peers the targets name, to stay a ~4-minute smoke test.
 QUICK_PEERS = {
