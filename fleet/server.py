@@ -273,7 +273,7 @@ class Deadlines:
         self.body = settings.body_timeout
         self.rate = float(settings.body_min_rate)
         self.next_sweep = 0.0
-        self.closed = {"silent": 0, "head": 0, "body": 0}  # for the log and, later, metrics
+        self.closed = {"silent": 0, "head": 0, "body": 0}  # loop thread; counted for metrics to come
 
     def _body_allowance(self, request: HTTPRequestParser) -> float:
         received: int = request.body_bytes_received
