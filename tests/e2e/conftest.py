@@ -130,9 +130,8 @@ def base_tree(suite: str) -> Path:
         pytest.fail(str(error), pytrace=False)
 
 
-@pytest.fixture
-def container(base_tree: Path) -> Iterator[Container]:
-    """A freshly booted throwaway container, discarded after the test whatever its outcome."""
+def boot_for_test(base_tree: Path) -> Iterator[Container]:
+    """Boot a container on ``base_tree`` for a fixture to yield; stop it whatever the outcome."""
     try:
         box = Container.boot(base=base_tree)
     except E2EError as error:
@@ -141,6 +140,12 @@ def container(base_tree: Path) -> Iterator[Container]:
         yield box
     finally:
         box.stop()
+
+
+@pytest.fixture
+def container(base_tree: Path) -> Iterator[Container]:
+    """A freshly booted throwaway container, discarded after the test whatever its outcome."""
+    yield from boot_for_test(base_tree)
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,8 @@ import pytest
 
 from tests.load import Load
 
-from .container import Container, E2EError
+from .conftest import boot_for_test
+from .container import Container
 from .fleet import Fleet, install_fleet, server_connections, wait_for
 from .hostile import (
     Attack,
@@ -90,14 +91,7 @@ FIGURES: list[str] = []
 @pytest.fixture(scope="module")
 def container(base_tree: Path) -> Iterator[Container]:
     """One container for every attack: each is followed by a check that the fleet is clean."""
-    try:
-        box = Container.boot(base=base_tree)
-    except E2EError as error:
-        pytest.fail(str(error), pytrace=False)
-    try:
-        yield box
-    finally:
-        box.stop()
+    yield from boot_for_test(base_tree)
 
 
 @pytest.fixture(scope="module")
