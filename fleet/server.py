@@ -453,7 +453,7 @@ class LoopThread:
     def __init__(self, thread_id: int, native_id: int) -> None:
         self._clock = time.pthread_getcpuclockid(thread_id)
         self._last = (0.0, 0.0)  # (wall, CPU) at the last look, for the fallback
-        self._wchan: int | None = None
+        self._wchan: int | None = None  # open for the worker's life, as the loop thread is
         try:
             self._wchan = os.open(f"/proc/self/task/{native_id}/wchan", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -473,11 +473,6 @@ class LoopThread:
     def cpu(self) -> float:
         """Seconds of CPU the thread has used."""
         return time.clock_gettime(self._clock)
-
-    def close(self) -> None:
-        if self._wchan is not None:
-            os.close(self._wchan)
-            self._wchan = None
 
 
 class Relief:
