@@ -83,7 +83,7 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
-def _listen(text: str) -> tuple[str, ...]:
+def parse_listen(text: str) -> tuple[str, ...]:
     """Split 'HOST:PORT [HOST:PORT ...]' (IPv6 as [::1]:PORT, or unix:/path) into a tuple."""
     parts = tuple(p for p in re.split(r"[\s,]+", text) if p)
     if not parts:
@@ -109,6 +109,14 @@ def _path_or_off(text: str) -> str:
     return text
 
 
+def _optional_path(text: str) -> str:
+    """A path, or nothing (the empty default)."""
+    text = text.strip()
+    if text and not text.startswith("/"):
+        raise ValueError("an absolute path starting with '/'")
+    return text
+
+
 @dataclass(frozen=True)
 class Setting:
     """One row of the table: environment name, default text, parser and a one-line help."""
@@ -126,6 +134,9 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("FLEET_APP", DEFAULT_APP, _app_name,
             "The WSGI application to serve, as module:callable (default: fleet's Hello World app)."),
+    Setting("FLEET_VENV", "", _optional_path,
+            "A virtualenv made with the workers' python3 whose packages the app imports first "
+            "(default: none, Debian's packages and PYTHONPATH)."),
     Setting("FLEET_THREADS", "4", _whole(0, 1024),
             "Pool threads per worker: requests that wait (on a database, another service) run "
             "on them concurrently; 0: every request on the worker's event loop with no pool to "
@@ -178,7 +189,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Log one line per request (off by default: it costs time and fills the journal)."),
     Setting("FLEET_LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"),
             "The least severe log level written."),
-    Setting("FLEET_LISTEN", "127.0.0.1:8000", _listen,
+    Setting("FLEET_LISTEN", "127.0.0.1:8000", parse_listen,
             "Only when run by hand without systemd's sockets: the addresses to bind."),
     Setting("FLEET_INSTANCE", "0", str,
             "The worker's id, sent as X-Fleet-Worker (the unit sets it to the instance name)."),
@@ -190,6 +201,7 @@ class Settings:
     """Validated settings; build with :meth:`from_env`."""
 
     app: str
+    venv: str
     threads: int
     inline_max: float
     connection_limit: int

@@ -57,16 +57,18 @@ class AppLoadError(Exception):
     """FLEET_APP names something that cannot be served; the message says what to set."""
 
 
-def load_app(name: str) -> Any:
+def load_app(name: str, venv: str = "") -> Any:
     """Import ``module:callable`` and check it is callable (like gunicorn's APP_MODULE)."""
     import pkgutil
 
     try:
         app = pkgutil.resolve_name(name)
     except ModuleNotFoundError as exc:
+        where = f" (looked in FLEET_VENV {venv}, PYTHONPATH and Debian's packages)" if venv else ""
+        fix = f", or install it into the venv: {venv}/bin/pip install ..." if venv else ""
         raise AppLoadError(
-            f"cannot import WSGI app {name!r}: {exc}; "
-            "set FLEET_APP to an importable module:callable (check PYTHONPATH)"
+            f"cannot import WSGI app {name!r}: {exc}{where}; "
+            f"set FLEET_APP to an importable module:callable (check PYTHONPATH){fix}"
         ) from None
     except AttributeError:
         module, _, attr = name.partition(":")
@@ -415,8 +417,22 @@ def _main(argv: list[str] | None) -> int:
         return _boot_failed(f"{exc} (set in /etc/default/fleet or the unit's Environment=)", EXIT_CONFIG)
     logs.setup(settings.log_level, settings.instance)
 
+    secrets = os.environ.get("FLEET_SECRETS", "").strip()
+    if secrets:
+        from fleet.apps import secrets_problem
+
+        problem = secrets_problem(secrets)
+        if problem:
+            return _boot_failed(problem, EXIT_CONFIG)
+    if settings.venv:
+        from fleet.venv import VenvError, activate
+
+        try:
+            activate(settings.venv)
+        except VenvError as exc:
+            return _boot_failed(str(exc), EXIT_CONFIG)
     try:
-        app = load_app(settings.app)
+        app = load_app(settings.app, settings.venv)
     except AppLoadError as exc:
         return _boot_failed(str(exc), EXIT_APP_LOAD)
     if settings.health_path:
@@ -438,7 +454,14 @@ def _main(argv: list[str] | None) -> int:
                     " ".join(settings.listen))
 
     if settings.cpu_affinity == "auto":
-        _pin(settings.instance)
+        from fleet import apps
+
+        if apps.shares_cpus():
+            # NOTE: several apps share the CPUs: a pinned worker could not move
+            # to a CPU another app leaves idle, so the scheduler places them all.
+            log.debug("other apps share the CPUs (%s): not pinning", apps.APPS_DIR)
+        else:
+            _pin(settings.instance)
 
     try:
         server = FleetServer(app, sockets, settings)

@@ -35,7 +35,7 @@ def pid1() -> str:
 # argv -> (exit status, a piece of stderr). Every one is wrong on any machine, so
 # each is found before any precondition (this machine may have no systemd at all).
 USAGE_ERRORS: list[tuple[list[str], str]] = [
-    ([], "fleetctl needs a command: scale, status, restart, logs, drain, undrain"),
+    ([], "fleetctl needs a command: scale, status, restart, logs, drain, undrain, apps, new, apply"),
     (["frob"], "unknown command 'frob'; the commands are scale, status"),
     (["Status"], "unknown command 'Status'"),
     (["-x"], "fleetctl does not take '-x'"),
@@ -55,17 +55,28 @@ USAGE_ERRORS: list[tuple[list[str], str]] = [
     (["scale", "-x"], "fleetctl scale does not take '-x'"),
     (["scale", "3", "--forse"], "fleetctl scale does not take '--forse'"),
     (["status", "--bogus"], "fleetctl status does not take '--bogus'"),
-    (["status", "1"], "fleetctl status does not take '1'"),
-    (["restart", "now"], "fleetctl restart does not take 'now'"),
+    (["status", "1"], "no app '1': an app's name is 1-32 lower-case letters"),
+    (["status", "1", "2"], "fleetctl status does not take '2'"),
+    (["restart", "now"], "no app 'now': /etc/fleet/apps/now.conf does not exist"),
+    (["restart", "shop", "--all"], "no app 'shop'"),
+    (["scale", "Shop", "2"], "no app 'Shop'"),
+    (["new", "shop"], "the following arguments are required: --listen, --module"),
+    (["new", "9x", "--listen", "127.0.0.1:8001", "--module", "a:b"], "'9x' cannot name an app"),
+    (["new", "auto", "--listen", "127.0.0.1:8001", "--module", "a:b"], "'auto' cannot name an app"),
+    (["new", "shop", "--listen", "8001", "--module", "a:b"], "FLEET_LISTEN must be HOST:PORT"),
+    (["new", "shop", "--listen", ":8001", "--module", "a", "--workers", "0"], "FLEET_WORKERS must be auto"),
     (["restart", "--json"], "fleetctl restart does not take '--json'"),
-    (["logs", "abc"], "logs takes a worker's number such as 3 (or fleet-worker@3), got 'abc'"),
+    (["logs", "abc"], "no app 'abc'"),
+    (["logs", "default", "x"], "logs takes a worker's number such as 3 (or fleet-worker@3), got 'x'"),
     (["logs", "0"], "got '0'"),
     (["logs", "fleet-worker@x"], "got 'fleet-worker@x'"),
     (["logs", "-n", "x"], "-n needs a whole number of lines, got 'x'"),
     (["logs", "-n", "-5"], "-n needs a whole number of lines, got '-5'"),
     (["logs", "-n"], "argument -n/--lines: expected one argument"),
-    (["logs", "1", "2"], "fleetctl logs does not take '2'"),
-    (["drain", "now"], "fleetctl drain does not take 'now'"),
+    (["logs", "1", "2"], "no app '1'"),
+    (["logs", "1", "2", "3"], "fleetctl logs does not take '3'"),
+    (["drain", "now"], "no app 'now'"),
+    (["drain", "default", "now"], "fleetctl drain does not take 'now'"),
     (["undrain", "--force"], "fleetctl undrain does not take '--force'"),
 ]
 
@@ -120,10 +131,12 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_parser_is_built_separately_and_reads_every_verb() -> None:
     parser = build_parser()
-    assert parser.parse_args(["scale", "-2"]).size.value == -2
+    assert parser.parse_args(["scale", "-2"]).first == "-2"
+    assert parser.parse_args(["scale", "shop", "-2"]).second == "-2"
     assert parser.parse_args(["scale", "+3", "--force"]).force is True
     args = parser.parse_args(["logs", "-f", "-n", "5", "fleet-worker@2"])
-    assert (args.instance, args.lines, args.follow) == ("2", 5, True)
+    assert (args.first, args.lines, args.follow) == ("fleet-worker@2", 5, True)
+    assert parser.parse_args(["restart", "--all"]).all is True
     assert parser.parse_args(["status", "--json"]).json is True
 
 
@@ -239,7 +252,6 @@ def test_read_only_commands_do_not_need_root(argv: list[str], as_nobody: list[st
 def test_a_second_change_waits_for_the_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     lock = tmp_path / "fleetctl.lock"
-    monkeypatch.setattr(cli, "LOCK_FILE", lock)
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import fcntl, sys, time\n"
@@ -250,7 +262,7 @@ def test_a_second_change_waits_for_the_first(tmp_path: Path, monkeypatch: pytest
     )  # fmt: skip
     assert holder.stdout is not None and holder.stdout.readline() == "held\n"
     started = time.monotonic()
-    with cli.exclusive("restart"):
+    with cli.exclusive("restart", lock):
         waited = time.monotonic() - started
     holder.wait()
     assert waited > 0.8, "entered while the other fleetctl held the lock"
@@ -265,9 +277,8 @@ def test_the_lock_is_exclusive_across_processes(tmp_path: Path) -> None:
         "import sys, time\n"
         "from pathlib import Path\n"
         "from fleet.ctl import cli\n"
-        "cli.LOCK_FILE = Path(sys.argv[1])\n"
         "for _ in range(5):\n"
-        "    with cli.exclusive('scale'):\n"
+        "    with cli.exclusive('scale', Path(sys.argv[1])):\n"
         "        with open(sys.argv[2], 'a') as f: f.write('in\\n')\n"
         "        time.sleep(0.02)\n"
         "        with open(sys.argv[2], 'a') as f: f.write('out\\n')\n"

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from fleet.ctl.state import FleetState, build, instance_state, pinned_cpu
-from fleet.ctl.systemd import parse_show
+from fleet.ctl.systemctl import parse_show
 
 # What `systemctl show fleet.socket fleet.service 'fleet-worker@*.service' -p ...` printed
 # in a container (systemd 252), trimmed; worker 3 is crash-looping, 5 is stopped but loaded.

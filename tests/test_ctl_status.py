@@ -57,7 +57,9 @@ def test_an_idle_socket_activated_fleet_says_what_starts_it() -> None:
 
 def test_format_json_is_the_documented_schema() -> None:
     data = json.loads(format_json(STATE))
-    assert list(data) == ["socket", "service", "drained", "drain_file", "instances"]
+    assert list(data) == ["socket", "service", "drained", "drain_file", "instances", "app", "config",
+                          "problems"]
+    assert (data["app"], data["config"], data["problems"]) == ("default", "/etc/default/fleet", [])
     assert data["socket"] == {
         "unit": "fleet.socket", "state": "active", "sub_state": "running",
         "listen": ["[::]:8000", "127.0.0.1:9000"], "accepted": 0, "connections": 0,

@@ -11,51 +11,56 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from fleet.apps import App
 from fleet.ctl import config
-from fleet.ctl.errors import CtlError
+from fleet.ctl.errors import CtlError, command
 
 
-def drain(defaults: Path = config.DEFAULTS_FILE) -> int:
-    """Create the drain file (and its directory, 0755); say whether it already existed."""
-    where = config.drain_file(defaults)
+def drain(app: App | None = None) -> int:
+    """Create the app's drain file (and its directories, 0755); say whether it already existed."""
+    app = app or App.default()
+    where = config.drain_file(app)
     if not where:
         raise CtlError(
-            f"draining is off: FLEET_DRAIN_FILE is 'off' in {defaults}; "
-            "set it to a path (the default is /run/fleet/drain), then: sudo fleetctl restart",
+            f"draining is off: FLEET_DRAIN_FILE is 'off' in {app.config}; "
+            f"set it to a path (the default is {app.drain_default}), then: sudo {command(app, 'restart')}",
         )
     path = Path(where)
-    health = config.health_path(defaults)
+    health = config.health_path(app)
     if path.exists():
         print(f"already drained ({path} exists); nothing changed")
         return 0
     try:
-        if not path.parent.is_dir():
-            path.parent.mkdir(parents=True)
+        missing = [d for d in (path.parent, *path.parent.parents) if not d.is_dir()]
+        for directory in reversed(missing):
+            directory.mkdir()
             # NOTE: 0755 whatever the umask, so the workers (a DynamicUser=, not
             # root) can look inside: a stat is all the health check does.
-            path.parent.chmod(0o755)
+            directory.chmod(0o755)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
         os.write(fd, b"drained by fleetctl drain; fleetctl undrain removes this file\n")
         os.close(fd)
     except OSError as exc:
         raise CtlError(
             f"cannot create the drain file {path}: {exc.strerror}; "
-            "set FLEET_DRAIN_FILE in /etc/default/fleet to a path root can write",
+            f"set FLEET_DRAIN_FILE in {app.config} to a path root can write",
         ) from None
     if not health:
         print(f"drained: created {path}; but FLEET_HEALTH_PATH is off, so no health check "
               "reports it")  # fmt: skip
         return 0
-    print(f"drained: created {path}; every worker's {health} now answers 503, "
+    whose = "every worker's" if app.is_default else f"every {app.name} worker's"
+    print(f"drained: created {path}; {whose} {health} now answers 503, "
           "requests are still served")  # fmt: skip
     return 0
 
 
-def undrain(defaults: Path = config.DEFAULTS_FILE) -> int:
-    """Remove the drain file; say whether there was one."""
-    where = config.drain_file(defaults)
+def undrain(app: App | None = None) -> int:
+    """Remove the app's drain file; say whether there was one."""
+    app = app or App.default()
+    where = config.drain_file(app)
     if not where:
-        print(f"not drained (FLEET_DRAIN_FILE is 'off' in {defaults}); nothing changed")
+        print(f"not drained (FLEET_DRAIN_FILE is 'off' in {app.config}); nothing changed")
         return 0
     path = Path(where)
     try:
@@ -65,6 +70,7 @@ def undrain(defaults: Path = config.DEFAULTS_FILE) -> int:
         return 0
     except OSError as exc:
         raise CtlError(f"cannot remove the drain file {path}: {exc.strerror}; remove it by hand") from None
-    health = config.health_path(defaults) or "health path (off)"
-    print(f"undrained: removed {path}; every worker's {health} answers 200 again")
+    health = config.health_path(app) or "health path (off)"
+    whose = "every worker's" if app.is_default else f"every {app.name} worker's"
+    print(f"undrained: removed {path}; {whose} {health} answers 200 again")
     return 0

@@ -7,6 +7,8 @@ shows a traceback.
 
 from __future__ import annotations
 
+from fleet.apps import App
+
 EXIT_OK = 0
 EXIT_FAILURE = 1  # something went wrong while doing it, or the machine isn't ready for it
 EXIT_USAGE = 2  # the command line asks for something fleetctl won't do
@@ -28,3 +30,12 @@ class UsageError(CtlError):
     """The command line is wrong: fix it and run again."""
 
     code = EXIT_USAGE
+
+
+def command(app: App, verb: str, *rest: str) -> str:
+    """The fleetctl command line for ``verb`` on ``app``, for hints: the default app needs no name.
+
+    >>> command(App("shop"), "logs", "2"), command(App.default(), "restart")
+    ('fleetctl logs shop 2', 'fleetctl restart')
+    """
+    return " ".join(["fleetctl", verb, *([] if app.is_default else [app.name]), *rest])

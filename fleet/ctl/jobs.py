@@ -13,8 +13,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from fleet.ctl import systemd
-from fleet.ctl.systemd import Call, SystemctlError
+from fleet.apps import App
+from fleet.ctl import systemctl
+from fleet.ctl.systemctl import Call, SystemctlError
 
 POLL_SECONDS = 0.25
 
@@ -22,18 +23,19 @@ POLL_SECONDS = 0.25
 class StartFailed(Exception):
     """Some instances did not come up; ``reasons`` maps each to the best explanation found."""
 
-    def __init__(self, reasons: dict[str, str]) -> None:
+    def __init__(self, app: App, reasons: dict[str, str]) -> None:
+        self.app = app
         self.reasons = reasons
-        super().__init__("; ".join(f"{systemd.short_name(i)}: {r}" for i, r in reasons.items()))
+        super().__init__("; ".join(f"{app.short(i)}: {r}" for i, r in reasons.items()))
 
 
-def _wait(call: Call, instances: Sequence[str], since: float) -> None:
-    units = [systemd.unit_name(i) for i in instances]
+def _wait(app: App, call: Call, instances: Sequence[str], since: float) -> None:
+    units = [app.unit(i) for i in instances]
     statuses: dict[str, str] = {}
     try:
         while not call.wait(POLL_SECONDS):
             try:
-                shown = systemd.show(units, ["StatusText"])
+                shown = systemctl.show(units, ["StatusText"])
             except SystemctlError:
                 continue
             for unit, props in shown.items():
@@ -44,10 +46,10 @@ def _wait(call: Call, instances: Sequence[str], since: float) -> None:
         failed = [u for u in exc.failed_units() if u in units] or _not_active(units)
         reasons: dict[str, str] = {}
         for unit in failed or units:
-            instance = systemd.instance_of(unit) or unit
-            reason = statuses.get(unit) or _status_now(unit) or systemd.last_error(unit, since)
+            instance = app.instance_of(unit) or unit
+            reason = statuses.get(unit) or _status_now(unit) or systemctl.last_error(unit, since)
             reasons[instance] = reason or exc.detail
-        raise StartFailed(reasons) from None
+        raise StartFailed(app, reasons) from None
     except BaseException:
         # NOTE: Ctrl-C: stop waiting, and leave the job to the caller's undo.
         call.abandon()
@@ -56,7 +58,7 @@ def _wait(call: Call, instances: Sequence[str], since: float) -> None:
 
 def _not_active(units: Sequence[str]) -> list[str]:
     try:
-        shown = systemd.show(units, ["ActiveState"])
+        shown = systemctl.show(units, ["ActiveState"])
     except SystemctlError:
         return list(units)
     return [u for u in units if shown.get(u, {}).get("ActiveState") != "active"]
@@ -64,26 +66,26 @@ def _not_active(units: Sequence[str]) -> list[str]:
 
 def _status_now(unit: str) -> str | None:
     try:
-        status = systemd.show([unit], ["StatusText"]).get(unit, {}).get("StatusText", "")
+        status = systemctl.show([unit], ["StatusText"]).get(unit, {}).get("StatusText", "")
     except SystemctlError:
         return None
     return status if status.startswith("failed:") else None
 
 
-def start(instances: Sequence[str]) -> None:
+def start(app: App, instances: Sequence[str]) -> None:
     """Start instances together and wait until every one is ready; raise StartFailed if not."""
     if instances:
         since = time.time()
-        _wait(systemd.start_call([systemd.unit_name(i) for i in instances]), instances, since)
+        _wait(app, systemctl.start_call([app.unit(i) for i in instances]), instances, since)
 
 
-def restart(instance: str) -> float:
+def restart(app: App, instance: str) -> float:
     """Restart one instance (it drains, stops, starts) and wait for READY=1; return the seconds taken."""
     started = time.monotonic()
-    _wait(systemd.restart_call(systemd.unit_name(instance)), [instance], time.time())
+    _wait(app, systemctl.restart_call(app.unit(instance)), [instance], time.time())
     return time.monotonic() - started
 
 
-def stop(instances: Sequence[str]) -> None:
+def stop(app: App, instances: Sequence[str]) -> None:
     """Stop instances, waiting for each to drain its requests; raise SystemctlError on failure."""
-    systemd.stop([systemd.unit_name(i) for i in instances])
+    systemctl.stop([app.unit(i) for i in instances])

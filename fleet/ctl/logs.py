@@ -1,4 +1,4 @@
-"""``fleetctl logs [-f] [-n N] [INSTANCE]``: the workers' journal, shown by journalctl itself.
+"""``fleetctl logs [-f] [-n N] [APP] [INSTANCE]``: an app's workers' journal, shown by journalctl itself.
 
 fleetctl execs journalctl rather than piping it, so its pager, ``-f`` and
 Ctrl-C behave exactly as journalctl's own.
@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import re
 
-from fleet.ctl import systemd
+from fleet.apps import App
+from fleet.ctl import systemctl
 from fleet.ctl.errors import CtlError, UsageError
 
 
 def parse_instance(text: str) -> str:
-    """Accept ``3``, ``fleet-worker@3`` or ``fleet-worker@3.service``; return ``"3"``.
+    """Accept ``3``, ``fleet-worker@3`` or ``fleet-worker@3.service`` (any app's); return ``"3"``.
 
-    >>> parse_instance("fleet-worker@3.service")
-    '3'
+    >>> parse_instance("fleet-worker@3.service"), parse_instance("fleet-shop-worker@2")
+    ('3', '2')
     """
-    m = re.fullmatch(r"(?:fleet-worker@)?([0-9]+)(?:\.service)?", text.strip())
+    m = re.fullmatch(r"(?:fleet(?:-[a-z0-9-]+)?-worker@)?([0-9]+)(?:\.service)?", text.strip())
     if not m or int(m.group(1)) < 1:
         raise UsageError(
             f"logs takes a worker's number such as 3 (or fleet-worker@3), got {text!r}",
@@ -34,11 +35,12 @@ def parse_lines(text: str) -> int:
     return int(text)
 
 
-def run(instance: str | None, lines: int | None, follow: bool) -> int:
-    """Exec journalctl for one worker or all of them; returns only if it cannot be run."""
-    unit = systemd.unit_name(instance) if instance else systemd.INSTANCES
+def run(instance: str | None, lines: int | None, follow: bool, app: App | None = None) -> int:
+    """Exec journalctl for one worker or all of an app's; returns only if it cannot be run."""
+    app = app or App.default()
+    unit = app.unit(instance) if instance else app.instances
     try:
-        systemd.exec_journalctl([unit], lines, follow)
+        systemctl.exec_journalctl([unit], lines, follow)
     except OSError as exc:
         raise CtlError(
             f"cannot run journalctl: {exc.strerror}; it comes with systemd, so reinstall systemd",

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import sys
 
-from fleet.ctl import jobs, systemd
+from fleet.apps import App
+from fleet.ctl import jobs
 from fleet.ctl import state as fleet_state
-from fleet.ctl.errors import CtlError
+from fleet.ctl.errors import CtlError, command
 from fleet.ctl.jobs import StartFailed
 from fleet.ctl.state import FleetState, sort_key
 
@@ -22,24 +23,26 @@ def instances_to_restart(state: FleetState) -> list[str]:
     return sorted(set(state.enabled) | set(state.running_instances), key=sort_key)
 
 
-def run() -> int:
-    """Roll through the workers; 0 when all came back (or the fleet is not running), else 1."""
-    state = fleet_state.read()
+def run(app: App | None = None) -> int:
+    """Roll through an app's workers; 0 when all came back (or it is not running), else 1."""
+    app = app or App.default()
+    state = fleet_state.read(app)
+    what = "the fleet" if app.is_default else f"app {app.name}"
     if not state.running:
         # NOTE: 0, not an error: the package's postinst calls this on every
         # upgrade, and a fleet that is not running has nothing to restart.
-        print(f"the fleet is not running ({systemd.SERVICE} is {state.service_state}); "
+        print(f"{what} is not running ({app.service} is {state.service_state}); "
               "nothing to restart")  # fmt: skip
         return 0
     todo = instances_to_restart(state)
     if not todo:
-        print("the fleet has no workers; nothing to restart (fleetctl scale auto adds them)")
+        print(f"{what} has no workers; nothing to restart ({command(app, 'scale', 'auto')} adds them)")
         return 0
     for n, instance in enumerate(todo, 1):
-        name = systemd.short_name(instance)
+        name = app.short(instance)
         print(f"restarting {name} ({n}/{len(todo)})... ", end="", flush=True)
         try:
-            seconds = jobs.restart(instance)
+            seconds = jobs.restart(app, instance)
         except StartFailed as exc:
             print("failed", flush=True)
             rest = todo[n:]
@@ -47,7 +50,7 @@ def run() -> int:
             raise CtlError(
                 f"{name} did not come back: {exc.reasons.get(instance, str(exc)).removeprefix('failed: ')}; "
                 f"stopped the rolling restart{left}",
-                f"fleetctl logs {instance} shows why; systemd keeps retrying it",
+                f"{command(app, 'logs', instance)} shows why; systemd keeps retrying it",
             ) from None
         except KeyboardInterrupt:
             print("interrupted", flush=True)

@@ -1,8 +1,10 @@
-"""``fleetctl scale N|auto|+K|-K``: make exactly fleet-worker@1..N enabled, and running if the fleet is.
+"""``fleetctl scale [APP] N|auto|+K|-K``: make exactly workers 1..N enabled, and running if the app is.
 
-Enabled means a symlink in ``fleet.service.wants`` (``systemctl enable``), so
-the size survives reboots; running means started now, when fleet.service is
-up. Like circus, a scale reports what it changed (started, stopped, kept) and
+For the default app, enabled means a symlink in ``fleet.service.wants``
+(``systemctl enable``); for another app, ``FLEET_WORKERS=N`` in its config
+file, from which its generator makes those links at each daemon-reload. Either
+way the size survives reboots; running means started now, when the app's
+service is up. Like circus, a scale reports what it changed (started, stopped, kept) and
 changes nothing when the fleet already has that size.
 
 Nothing is left half-changed: every step is recorded before it runs, and if
@@ -20,12 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet import cpus
-from fleet.ctl import jobs, systemd
+from fleet.apps import App
+from fleet.ctl import config, jobs, systemctl
 from fleet.ctl import state as fleet_state
-from fleet.ctl.errors import CtlError, UsageError
+from fleet.ctl.errors import CtlError, UsageError, command
 from fleet.ctl.jobs import StartFailed
 from fleet.ctl.state import FleetState, sort_key
-from fleet.ctl.systemd import SystemctlError
+from fleet.ctl.systemctl import SystemctlError
+from fleet.envfile import set_value
 
 CAP_PER_CPU = 4
 FORMS = "a positive whole number, 'auto', +K or -K"
@@ -72,6 +76,7 @@ class Plan:
     size: int
     before: int
     running: bool
+    name: str = "fleet"
     enable: list[str] = field(default_factory=list)
     start: list[str] = field(default_factory=list)
     disable: list[str] = field(default_factory=list)
@@ -111,7 +116,8 @@ def plan(state: FleetState, size: int) -> Plan:
     disable = [i for i in known if i in enabled and i not in target]
     stop = sorted((i for i in known if i in running and i not in target), key=sort_key, reverse=True)
     kept = [i for i in target if i not in enable and i not in start]
-    return Plan(size, len(enabled), state.running, enable, start, disable, stop, kept)
+    name = "fleet" if state.app.is_default else state.app.name
+    return Plan(size, len(enabled), state.running, name, enable, start, disable, stop, kept)
 
 
 def _list(instances: list[str]) -> str:
@@ -121,10 +127,12 @@ def _list(instances: list[str]) -> str:
 def format_change(p: Plan) -> str:
     """Render a scale's report, one ``key: ids`` line per non-empty list."""
     if not p.changed:
-        return f"fleet already has {p.size} worker{'s' * (p.size != 1)} ({_list(p.kept)}); nothing changed\n"
-    head = f"scaled fleet from {p.before} to {p.size} worker{'s' * (p.size != 1)}"
+        workers = f"worker{'s' * (p.size != 1)}"
+        return f"{p.name} already has {p.size} {workers} ({_list(p.kept)}); nothing changed\n"
+    head = f"scaled {p.name} from {p.before} to {p.size} worker{'s' * (p.size != 1)}"
     if not p.running:
-        head += " (not running now: they start with it, systemctl start fleet)"
+        service = "fleet" if p.name == "fleet" else f"fleet-{p.name}"
+        head += f" (not running now: they start with it, systemctl start {service})"
     lines = [head]
     for key, ids in (("started", p.start), ("stopped", p.stop), ("enabled", p.enable),
                      ("disabled", p.disable), ("kept", p.kept)):  # fmt: skip
@@ -133,17 +141,42 @@ def format_change(p: Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
-_UNDO: dict[str, Callable[[list[str]], None]] = {
-    "enable": lambda ids: systemd.disable([systemd.unit_name(i) for i in ids]),
-    "start": jobs.stop,
-    "disable": lambda ids: systemd.enable([systemd.unit_name(i) for i in ids]),
-    "stop": jobs.start,
-}
-_PAST = {"enable": "disabled", "start": "stopped", "disable": "enabled", "stop": "started"}
-_UNDOING = {"enable": "disabling", "start": "stopping", "disable": "enabling", "stop": "starting"}
+_PAST = {"enable": "disabled", "start": "stopped", "disable": "enabled", "stop": "started",
+         "configure": "restored the config of"}
+_UNDOING = {"enable": "disabling", "start": "stopping", "disable": "enabling", "stop": "starting",
+            "configure": "restoring the config of"}
 
 
-def execute(p: Plan) -> None:
+class Resize:
+    """The enabled set of a generated app: ``FLEET_WORKERS`` in its config, then a daemon-reload.
+
+    NOTE: systemctl cannot enable units a generator made, so the config file is
+    the one place the size is kept; the generator turns it into links.
+    """
+
+    def __init__(self, app: App, target: Target) -> None:
+        self.app = app
+        self.value = "auto" if target.kind == "auto" else ""
+        self.before: str | None = None
+
+    def apply(self, size: int) -> None:
+        self.before = self.app.config.read_text()
+        self._write(set_value(self.before, "FLEET_WORKERS", self.value or str(size)))
+
+    def undo(self) -> None:
+        if self.before is not None:
+            self._write(self.before)
+
+    def _write(self, text: str) -> None:
+        path = self.app.config
+        tmp = path.with_name(f".{path.name}.fleetctl")
+        tmp.write_text(text)
+        tmp.chmod(path.stat().st_mode & 0o7777)
+        tmp.replace(path)
+        systemctl.daemon_reload()
+
+
+def execute(p: Plan, app: App | None = None, resize: Resize | None = None) -> None:
     """Carry out a plan: add capacity first, then remove; undo everything on failure.
 
     NOTE: the symlinks change before the units do, so a fleetctl killed midway
@@ -151,13 +184,28 @@ def execute(p: Plan) -> None:
     Stops go one at a time, highest id first: each worker drains its requests,
     and an interruption still leaves 1..k running.
     """
-    steps: list[tuple[str, list[str], Callable[[], None]]] = [
-        ("enable", p.enable, lambda: systemd.enable([systemd.unit_name(i) for i in p.enable])),
-        ("start", p.start, lambda: jobs.start(p.start)),
-        ("disable", p.disable, lambda: systemd.disable([systemd.unit_name(i) for i in p.disable])),
-    ]
+    app = app or App.default()
+    undo: dict[str, Callable[[list[str]], None]] = {
+        "enable": lambda ids: systemctl.disable([app.unit(i) for i in ids]),
+        "start": functools.partial(jobs.stop, app),
+        "disable": lambda ids: systemctl.enable([app.unit(i) for i in ids]),
+        "stop": functools.partial(jobs.start, app),
+        "configure": lambda ids: resize.undo() if resize else None,
+    }
+    steps: list[tuple[str, list[str], Callable[[], None]]]
+    if resize is None:
+        steps = [
+            ("enable", p.enable, lambda: systemctl.enable([app.unit(i) for i in p.enable])),
+            ("start", p.start, lambda: jobs.start(app, p.start)),
+            ("disable", p.disable, lambda: systemctl.disable([app.unit(i) for i in p.disable])),
+        ]
+    else:
+        steps = [
+            ("configure", [app.name] if p.enable or p.disable else [], lambda: resize.apply(p.size)),
+            ("start", p.start, lambda: jobs.start(app, p.start)),
+        ]
     for instance in p.stop:
-        steps.append(("stop", [instance], functools.partial(jobs.stop, [instance])))
+        steps.append(("stop", [instance], functools.partial(jobs.stop, app, [instance])))
     done: list[tuple[str, list[str]]] = []
     try:
         for action, ids, run in steps:
@@ -166,47 +214,48 @@ def execute(p: Plan) -> None:
                 # (2 of 3 started) is undone whole, and every undo is idempotent.
                 done.append((action, ids))
                 run()
-    except (StartFailed, SystemctlError, KeyboardInterrupt) as exc:
-        undone = _undo(done)
+    except (StartFailed, SystemctlError, OSError, KeyboardInterrupt) as exc:
+        undone = _undo(done, undo)
         if isinstance(exc, KeyboardInterrupt):
             raise
-        raise _failure(exc, done, undone) from None
+        raise _failure(app, exc, done, undone) from None
 
 
-def _undo(done: list[tuple[str, list[str]]]) -> str | None:
+def _undo(done: list[tuple[str, list[str]]], undo: dict[str, Callable[[list[str]], None]]) -> str | None:
     """Undo recorded steps, newest first; return why undoing failed, or None if it all worked."""
     for action, ids in reversed(done):
         try:
-            _UNDO[action](ids)
-        except (StartFailed, SystemctlError) as exc:
+            undo[action](ids)
+        except (StartFailed, SystemctlError, OSError) as exc:
             detail = exc.detail if isinstance(exc, SystemctlError) else str(exc)
             return f"{_UNDOING[action]} {_list(ids)} again failed ({detail})"
     return None
 
 
-def _failure(exc: Exception, done: list[tuple[str, list[str]]], undo_error: str | None) -> CtlError:
+def _failure(app: App, exc: Exception, done: list[tuple[str, list[str]]], undo_error: str | None) -> CtlError:
     action, ids = done[-1]
     if isinstance(exc, StartFailed):
         what = "; ".join(
-            f"{systemd.short_name(i)} failed to start: {r.removeprefix('failed: ')}"
+            f"{app.short(i)} failed to start: {r.removeprefix('failed: ')}"
             for i, r in exc.reasons.items()
         )
         first = next(iter(exc.reasons))
-        hint = f"fleetctl logs {first} shows its journal"
+        hint = f"{command(app, 'logs', first)} shows its journal"
     else:
         detail = exc.detail if isinstance(exc, SystemctlError) else str(exc)
         what = f"{action} {_list(ids)} failed: {detail}"
-        hint = "fleetctl status shows every worker"
+        hint = f"{command(app, 'status')} shows every worker"
     if undo_error:
         return CtlError(f"{what}; undoing this scale failed too: {undo_error}", hint)
     reverted = " and ".join(f"{_PAST[a]} {_list(i)}" for a, i in reversed(done))
     return CtlError(f"{what}; undone, so nothing changed: {reverted} again", hint)
 
 
-def run(target: Target, force: bool, as_json: bool) -> int:
-    """Scale the fleet to the size ``target`` asks for; print what changed."""
+def run(target: Target, force: bool, as_json: bool, app: App | None = None) -> int:
+    """Scale an app to the size ``target`` asks for; print what changed."""
+    app = app or App.default()
     text = target.text
-    state = fleet_state.read()
+    state = fleet_state.read(app)
     usable = cpus.usable_count()
     current = len(state.enabled)
     size = target.size(current, usable)
@@ -214,17 +263,21 @@ def run(target: Target, force: bool, as_json: bool) -> int:
         raise UsageError(
             f"scale {text} would leave fewer than 1 worker (there are {current}); "
             "a fleet needs at least 1",
-            "to stop every worker: sudo systemctl stop fleet",
+            f"to stop every worker: sudo systemctl stop {app.service}",
         )
     cap = CAP_PER_CPU * usable
     if size > cap and not force:
         raise UsageError(
             f"scale to {size} workers is over {CAP_PER_CPU} per usable CPU ({cap} on this "
             f"machine's {usable}); nothing changed",
-            f"if that many is really meant: fleetctl scale {text} --force",
+            f"if that many is really meant: {command(app, 'scale', text)} --force",
         )
     p = plan(state, size)
+    resize = None if app.is_default else Resize(app, target)
     if p.changed:
-        execute(p)
+        execute(p, app, resize)
+    elif resize and resize.value and config.read_values(app).get("FLEET_WORKERS", "auto") != "auto":
+        # NOTE: the same size, but asked as auto: kept as auto, so it follows the CPUs.
+        resize.apply(size)
     print(json.dumps(p.to_json()) if as_json else format_change(p), end="\n" if as_json else "")
     return 0

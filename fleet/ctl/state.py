@@ -1,4 +1,4 @@
-"""What the fleet looks like right now: the socket, fleet.service and every worker instance.
+"""What one app looks like right now: its socket, its service and every worker instance.
 
 :func:`read` gathers it with one ``systemctl show`` for every unit (plus
 ``/proc`` for CPU pinning); everything else here is pure, so ``status``
@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fleet.ctl import config, ports, systemd
+from fleet.apps import App, AppConfig, AppError
+from fleet.ctl import config, ports, systemctl
 from fleet.ctl.errors import CtlError
 from fleet.ctl.ports import TakenPort
 
@@ -36,9 +37,9 @@ _UNSET = "[not set]"
 
 @dataclass(frozen=True)
 class Socket:
-    """fleet.socket: its state and the addresses it listens on."""
+    """The app's socket (fleet.socket): its state and the addresses it listens on."""
 
-    unit: str = systemd.SOCKET
+    unit: str = "fleet.socket"
     state: str = "inactive"
     sub_state: str = "dead"
     listen: tuple[str, ...] = ()
@@ -55,7 +56,7 @@ class Socket:
 
 @dataclass(frozen=True)
 class Instance:
-    """One worker instance, ``fleet-worker@<instance>.service``."""
+    """One worker instance, ``fleet-worker@<instance>.service`` (or ``fleet-NAME-worker@...``)."""
 
     instance: str
     state: str
@@ -69,10 +70,12 @@ class Instance:
     uptime_seconds: float | None = None
     pinned_cpu: int | None = None
     status: str = ""
+    # The unit's full name; empty means the default app's (fleet-worker@N.service).
+    unit_name: str = ""
 
     @property
     def unit(self) -> str:
-        return systemd.unit_name(self.instance)
+        return self.unit_name or App.default().unit(self.instance)
 
     @property
     def running(self) -> bool:
@@ -81,17 +84,20 @@ class Instance:
 
 @dataclass(frozen=True)
 class FleetState:
-    """Everything ``fleetctl status`` shows, and what ``scale`` and ``restart`` decide from."""
+    """Everything ``fleetctl status`` shows of one app, and what ``scale`` and ``restart`` decide from."""
 
+    app: App = field(default_factory=App.default)
     socket: Socket = field(default_factory=Socket)
     service_state: str = "inactive"
     drained: bool = False
     drain_file: str = ""
     instances: tuple[Instance, ...] = ()
+    # What keeps the app from running that its config or this machine causes, each with its fix.
+    problems: tuple[str, ...] = ()
 
     @property
     def running(self) -> bool:
-        """Whether the fleet is up: fleet.service is active (or reloading, or starting)."""
+        """Whether the app is up: its service is active (or reloading, or starting)."""
         return self.service_state in RUNNING_STATES
 
     @property
@@ -115,7 +121,7 @@ class FleetState:
                     for t in s.taken
                 ],
             },
-            "service": {"unit": systemd.SERVICE, "state": self.service_state, "running": self.running},
+            "service": {"unit": self.app.service, "state": self.service_state, "running": self.running},
             "drained": self.drained,
             "drain_file": self.drain_file or None,
             "instances": [
@@ -129,6 +135,9 @@ class FleetState:
                 }
                 for i in self.instances
             ],
+            "app": self.app.name,
+            "config": str(self.app.config),
+            "problems": list(self.problems),
         }  # fmt: skip
 
 
@@ -197,6 +206,8 @@ def build(
     units: Mapping[str, Mapping[str, str]],
     *,
     now_monotonic_usec: int,
+    app: App | None = None,
+    problems: tuple[str, ...] = (),
     drained: bool = False,
     drain_file: str = "",
     proc: Path | None = Path("/proc"),
@@ -206,8 +217,10 @@ def build(
     ``proc`` is where pinning (and, without systemd accounting, CPU time and
     memory) is read; None reads nothing, for tests built from plain data.
     """
-    sock = units.get(systemd.SOCKET, {})
+    app = app or App.default()
+    sock = units.get(app.socket, {})
     socket = Socket(
+        unit=app.socket,
         state=sock.get("ActiveState", "inactive"),
         sub_state=sock.get("SubState", "dead"),
         listen=tuple(
@@ -217,14 +230,21 @@ def build(
         connections=_int(sock.get("NConnections")),
         result=sock.get("Result", "success"),
     )
-    service = units.get(systemd.SERVICE, {})
+    service = units.get(app.service, {})
+    wanted = set(service.get("Wants", "").split())
     instances = []
     for unit, props in units.items():
-        name = systemd.instance_of(unit)
+        name = app.instance_of(unit)
         if name is None or props.get("LoadState", "loaded") == "not-found":
             continue
         active = props.get("ActiveState", "inactive")
-        enabled = props.get("UnitFileState", "") in ("enabled", "enabled-runtime")
+        # NOTE: an app's workers are wanted by links its generator writes, which
+        # systemctl cannot enable or disable: being wanted is what enabled means.
+        enabled = (
+            props.get("UnitFileState", "") in ("enabled", "enabled-runtime")
+            if app.is_default
+            else unit in wanted
+        )
         # NOTE: systemd keeps a stopped unit loaded while anything refers to it;
         # an instance neither enabled nor up is not part of the fleet.
         if not enabled and active == "inactive":
@@ -248,6 +268,7 @@ def build(
         instances.append(
             Instance(
                 instance=name,
+                unit_name=unit,
                 state=instance_state(active, sub, status),
                 active_state=active,
                 sub_state=sub,
@@ -263,32 +284,47 @@ def build(
         )
     instances.sort(key=lambda i: sort_key(i.instance))
     return FleetState(
+        app=app,
         socket=socket,
         service_state=service.get("ActiveState", "inactive"),
         drained=drained,
         drain_file=drain_file,
         instances=tuple(instances),
+        problems=problems,
     )
 
 
-def read() -> FleetState:
-    """Ask systemd (one ``systemctl show``, rarely two) and /proc for the fleet's state now."""
+def app_problems(app: App) -> tuple[str, ...]:
+    """What in an app's config, or on this machine, keeps it from running; () for the default app."""
+    if app.is_default:
+        return ()
+    try:
+        return tuple(AppConfig.read(app).problems())
+    except AppError as exc:
+        return (str(exc),)
+
+
+def read(app: App | None = None) -> FleetState:
+    """Ask systemd (one ``systemctl show``, rarely two) and /proc for an app's state now."""
+    app = app or App.default()
     props = sorted({*SOCKET_PROPS, *SERVICE_PROPS, *INSTANCE_PROPS, "LoadState"})
-    units = systemd.show([systemd.SOCKET, systemd.SERVICE, systemd.INSTANCES], props)
+    units = systemctl.show([app.socket, app.service, app.instances], props)
     # NOTE: the glob only matches loaded units. An enabled instance is loaded as
     # soon as fleet.service is (it Wants= it), and show just loaded fleet.service,
     # so this second call is for the rare cold start only.
-    wanted = units.get(systemd.SERVICE, {}).get("Wants", "").split()
-    unseen = [u for u in wanted if systemd.instance_of(u) is not None and u not in units]
+    wanted = units.get(app.service, {}).get("Wants", "").split()
+    unseen = [u for u in wanted if app.instance_of(u) is not None and u not in units]
     if unseen:
-        units.update(systemd.show(unseen, props))
+        units.update(systemctl.show(unseen, props))
     try:
-        drain_file = config.drain_file()
+        drain_file = config.drain_file(app)
     except CtlError:
         drain_file = ""  # NOTE: the workers cannot start with it; their rows say so
     state = build(
         units,
         now_monotonic_usec=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000,
+        app=app,
+        problems=app_problems(app),
         drained=bool(drain_file) and os.path.exists(drain_file),
         drain_file=drain_file,
     )

@@ -1,4 +1,7 @@
-"""``fleetctl status``: the socket, the fleet and one row per worker, as a table or as JSON.
+"""``fleetctl status [APP]``: the socket, the app and one row per worker, as a table or as JSON.
+
+With no app named and other apps configured, one table of every app comes
+first, then every app's workers in one table.
 
 The renderers are pure functions of a :class:`~fleet.ctl.state.FleetState`,
 so their output is tested from hand-built states.
@@ -8,8 +11,10 @@ from __future__ import annotations
 
 import json
 
+from fleet import apps
+from fleet.apps import App
 from fleet.ctl import state as fleet_state
-from fleet.ctl import systemd
+from fleet.ctl.errors import command
 from fleet.ctl.state import FleetState
 
 COLUMNS = ("UNIT", "STATE", "ENABLED", "PID", "RESTARTS", "CPU", "MEMORY", "UPTIME", "PINNED", "STATUS")
@@ -65,11 +70,11 @@ def format_status(state: FleetState) -> str:
         listening = "not listening (why, and the fix: below)"
         idle = ""
     else:
-        listening = "not listening; start it: sudo systemctl start fleet.socket"
+        listening = f"not listening; start it: sudo systemctl start {sock.unit}"
         idle = ""
     lines = [
         f"{sock.unit}: {sock.state} ({sock.sub_state}), {listening}",
-        f"{systemd.SERVICE}: {state.service_state}{'' if state.running else idle}",
+        f"{state.app.service}: {state.service_state}{'' if state.running else idle}",
     ]
     enabled = len(state.enabled)
     up = sum(1 for i in state.instances if i.active_state == "active")
@@ -79,13 +84,21 @@ def format_status(state: FleetState) -> str:
         else "not drained"
     )
     lines.append(f"workers: {up} active, {enabled} enabled; {drained}")
+    lines += [f"problem: {p}" for p in state.problems]
     if not state.instances:
-        lines += ["", "no workers: fleetctl scale auto runs one per CPU"]
+        lines += ["", f"no workers: {command(state.app, 'scale', 'auto')} runs one per CPU"]
         return "\n".join(lines + socket_failure(state)) + "\n"
+    lines.append("")
+    lines += worker_table([state])
+    return "\n".join(lines + socket_failure(state)) + "\n"
+
+
+def worker_table(states: list[FleetState]) -> list[str]:
+    """One row per worker of every app in ``states``, like ``systemctl list-units``."""
     rows = [list(COLUMNS)]
-    for i in state.instances:
+    for i in (i for state in states for i in state.instances):
         rows.append([
-            f"fleet-worker@{i.instance}",
+            i.unit.removesuffix(".service"),
             i.state,
             "yes" if i.enabled else "no",
             _cell(i.pid),
@@ -96,13 +109,43 @@ def format_status(state: FleetState) -> str:
             _cell(i.pinned_cpu),
             _cell(i.status),
         ])  # fmt: skip
-    widths = [max(len(row[c]) for row in rows) for c in range(len(COLUMNS))]
-    lines.append("")
+    return _table(rows)
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    lines = []
     for row in rows:
-        # NOTE: the last column (status) is free text: never padded, never cut.
+        # NOTE: the last column is free text: never padded, never cut.
         cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths[:-1], strict=True)]
         lines.append("  ".join([*cells, row[-1]]).rstrip())
-    return "\n".join(lines + socket_failure(state)) + "\n"
+    return lines
+
+
+APP_COLUMNS = ("APP", "SOCKET", "LISTEN", "SERVICE", "WORKERS", "DRAINED", "PROBLEMS")
+
+
+def format_overview(states: list[FleetState]) -> str:
+    """Every app in one table, then every app's workers in one table, then any socket's failure."""
+    rows = [list(APP_COLUMNS)]
+    for state in states:
+        up = sum(1 for i in state.instances if i.active_state == "active")
+        rows.append([
+            state.app.name,
+            state.socket.state,
+            ", ".join(state.socket.listen) or "-",
+            state.service_state,
+            f"{up}/{len(state.enabled)}",
+            "yes" if state.drained else "no",
+            "; ".join(state.problems) or "-",
+        ])  # fmt: skip
+    lines = _table(rows)
+    if any(state.instances for state in states):
+        lines += ["", *worker_table(states)]
+    for state in states:
+        lines += socket_failure(state)
+    lines += ["", "WORKERS is active/enabled; fleetctl status APP shows one app in full"]
+    return "\n".join(lines) + "\n"
 
 
 def socket_failure(state: FleetState) -> list[str]:
@@ -140,8 +183,18 @@ def format_json(state: FleetState) -> str:
     return json.dumps(state.to_json(), indent=2) + "\n"
 
 
-def run(as_json: bool) -> int:
-    """Print the fleet's status; 0 whatever the workers' states (it only reports)."""
-    state = fleet_state.read()
-    print(format_json(state) if as_json else format_status(state), end="")
+def format_overview_json(states: list[FleetState]) -> str:
+    """``status --json`` with several apps: the default app's object as before, plus ``apps``."""
+    default, *_ = states
+    return json.dumps({**default.to_json(), "apps": [s.to_json() for s in states]}, indent=2) + "\n"
+
+
+def run(as_json: bool, app: App | None = None) -> int:
+    """Print an app's status, or every app's; 0 whatever the workers' states (it only reports)."""
+    if app is not None or not apps.configured():
+        state = fleet_state.read(app)
+        print(format_json(state) if as_json else format_status(state), end="")
+        return 0
+    states = [fleet_state.read(a) for a in apps.every()]
+    print(format_overview_json(states) if as_json else format_overview(states), end="")
     return 0

@@ -20,19 +20,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-SOCKET = "fleet.socket"
-SERVICE = "fleet.service"
-TEMPLATE = "fleet-worker@.service"
-INSTANCES = "fleet-worker@*.service"  # a glob systemctl and journalctl both understand
-UNITS = (SOCKET, SERVICE, TEMPLATE)
-
 SYSTEMCTL = "systemctl"
 JOURNALCTL = "journalctl"
 # NOTE: sd_booted(3) checks exactly this directory: it exists only when systemd is PID 1.
 BOOTED_DIR = Path("/run/systemd/system")
-
-_INSTANCE_UNIT = re.compile(r"fleet-worker@([^.@/]+)\.service")
-
 
 class SystemctlError(Exception):
     """A systemctl call failed; ``detail`` is what it said, for the error message."""
@@ -57,22 +48,6 @@ class SystemctlError(Exception):
     def failed_units(self) -> list[str]:
         """The units whose jobs failed, as systemctl names them ("Job for X failed ...")."""
         return re.findall(r"Job for (\S+) failed", self.stderr)
-
-
-def unit_name(instance: str) -> str:
-    """``"3"`` -> ``"fleet-worker@3.service"``."""
-    return f"fleet-worker@{instance}.service"
-
-
-def short_name(instance: str) -> str:
-    """``"3"`` -> ``"fleet-worker@3"``: how fleetctl names an instance to people."""
-    return f"fleet-worker@{instance}"
-
-
-def instance_of(unit: str) -> str | None:
-    """``"fleet-worker@3.service"`` -> ``"3"``; None for any other unit."""
-    m = _INSTANCE_UNIT.fullmatch(unit)
-    return m.group(1) if m else None
 
 
 def _env() -> dict[str, str]:
@@ -176,7 +151,7 @@ def show(units: Sequence[str], properties: Sequence[str]) -> dict[str, dict[str,
 
 
 def enable(units: Sequence[str]) -> None:
-    """Make units start with their ``WantedBy=`` (instances: fleet.service), after reboots too."""
+    """Make units start with their ``WantedBy=`` (instances: the app's service), after reboots too."""
     if units:
         systemctl("enable", "--", *units)
 
@@ -184,6 +159,17 @@ def enable(units: Sequence[str]) -> None:
 def disable(units: Sequence[str]) -> None:
     if units:
         systemctl("disable", "--", *units)
+
+
+def daemon_reload() -> None:
+    """Have systemd read the unit files again, and run the generators (apps' units) again."""
+    systemctl("daemon-reload")
+
+
+def start(units: Sequence[str]) -> None:
+    """Start units and wait for their jobs (sockets, services: not the workers, see jobs)."""
+    if units:
+        systemctl("start", "--", *units)
 
 
 def stop(units: Sequence[str]) -> None:
@@ -200,7 +186,7 @@ def restart_call(unit: str) -> Call:
     return Call("restart", "--", unit)
 
 
-def missing_units(units: Sequence[str] = UNITS) -> list[str]:
+def missing_units(units: Sequence[str]) -> list[str]:
     """Which of ``units`` systemd has no unit file for (``systemctl cat`` finds none)."""
     try:
         systemctl("cat", "--", *units)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from fleet.ctl import systemd
-from fleet.ctl.systemd import SystemctlError, parse_show
+from fleet.apps import App
+from fleet.ctl import systemctl as systemd
+from fleet.ctl.systemctl import SystemctlError, parse_show
 
 
 def test_parse_show_splits_units_and_keeps_repeated_properties() -> None:
@@ -16,12 +17,18 @@ def test_parse_show_splits_units_and_keeps_repeated_properties() -> None:
 
 
 def test_unit_names() -> None:
-    assert systemd.unit_name("3") == "fleet-worker@3.service"
-    assert systemd.short_name("3") == "fleet-worker@3"
-    assert systemd.instance_of("fleet-worker@12.service") == "12"
-    assert systemd.instance_of("fleet-worker@.service") is None
-    assert systemd.instance_of("fleet.service") is None
-    assert systemd.instance_of("fleet-worker@3.socket") is None
+    default, shop = App.default(), App("shop")
+    assert default.unit("3") == "fleet-worker@3.service"
+    assert default.short("3") == "fleet-worker@3"
+    assert default.instance_of("fleet-worker@12.service") == "12"
+    assert default.instance_of("fleet-worker@.service") is None
+    assert default.instance_of("fleet.service") is None
+    assert default.instance_of("fleet-worker@3.socket") is None
+    assert default.instance_of("fleet-shop-worker@3.service") is None
+    assert (shop.socket, shop.service, shop.template) == (
+        "fleet-shop.socket", "fleet-shop.service", "fleet-shop-worker@.service")
+    assert shop.instance_of("fleet-shop-worker@3.service") == "3"
+    assert shop.instance_of("fleet-worker@3.service") is None
 
 
 def test_a_journal_error_line_loses_the_worker_prefix_the_unit_name_repeats() -> None:

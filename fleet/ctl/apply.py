@@ -1,0 +1,105 @@
+"""``fleetctl apply``: bring the running apps in line with ``/etc/fleet/apps``.
+
+systemd makes an app's units from its config file when it reloads, but a
+reload starts and stops nothing. ``apply`` reloads, then for each app: starts
+a new one (socket, service, workers), starts or stops workers so their number
+matches ``FLEET_WORKERS``, and stops an app whose file is gone. Each app is
+done on its own: one that fails is reported and the others carry on.
+Changed settings reach running workers with ``fleetctl restart APP``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from fleet import apps
+from fleet.apps import App, AppConfig, AppError
+from fleet.ctl import jobs, scale, systemctl
+from fleet.ctl import state as fleet_state
+from fleet.ctl.errors import CtlError
+from fleet.ctl.jobs import StartFailed
+from fleet.ctl.systemctl import SystemctlError
+
+_APP_UNIT = re.compile(r"fleet-([a-z][a-z0-9-]*)\.(?:socket|service)")
+
+
+def running_apps() -> set[str]:
+    """The apps systemd has units of loaded (running, failed, or just known), by name."""
+    out = systemctl.systemctl("list-units", "--all", "--plain", "--no-legend", "fleet-*.socket",
+                              "fleet-*.service")  # fmt: skip
+    names = set()
+    for line in out.splitlines():
+        fields = line.split()
+        m = _APP_UNIT.fullmatch(fields[0]) if fields else None
+        if m and not m.group(1).endswith("-worker") and "@" not in fields[0]:
+            names.add(m.group(1))
+    return names
+
+
+def remove(name: str) -> None:
+    """Stop every unit of an app whose config is gone, workers first (each drains its requests)."""
+    app = App(name)
+    systemctl.stop([app.instances, app.service, app.socket])
+    # NOTE: forget failed ones too, so nothing of the app lingers in systemctl's lists.
+    try:
+        systemctl.systemctl("reset-failed", app.instances, app.service, app.socket)
+    except SystemctlError:
+        pass
+
+
+def bring_up(app: App) -> str:
+    """Start an app's socket and service, and exactly its wanted workers; say what changed."""
+    config = AppConfig.read(app)
+    problems = config.problems()
+    if problems:
+        raise CtlError("; ".join(problems))
+    before = fleet_state.read(app)
+    systemctl.start([app.socket, app.service])
+    state = fleet_state.read(app)
+    p = scale.plan(state, len(state.enabled))
+    jobs.start(app, p.start)
+    for instance in p.stop:
+        jobs.stop(app, [instance])
+    if not before.running:
+        return f"started, {len(state.enabled)} worker{'s' * (len(state.enabled) != 1)}"
+    changes = [f"started {', '.join(p.start)}"] if p.start else []
+    changes += [f"stopped {', '.join(p.stop)}"] if p.stop else []
+    return "; ".join(changes) or "unchanged"
+
+
+def run() -> int:
+    """Reload, then start, resize or stop each app; 0 if every app is as its config says."""
+    print("reloading systemd (it makes the apps' units)... ", end="", flush=True)
+    systemctl.daemon_reload()
+    print("done", flush=True)
+    failed = 0
+    configured = apps.configured()
+    for app in configured:
+        print(f"{app.name}: ", end="", flush=True)
+        try:
+            print(bring_up(app), flush=True)
+        except (AppError, CtlError) as exc:
+            failed += 1
+            print(f"failed: {exc}", flush=True)
+        except StartFailed as exc:
+            failed += 1
+            why = "; ".join(f"{app.short(i)}: {r.removeprefix('failed: ')}" for i, r in exc.reasons.items())
+            print(f"failed: {why}", flush=True)
+        except SystemctlError as exc:
+            failed += 1
+            print(f"failed: {exc.detail}", flush=True)
+    for name in sorted(running_apps() - {a.name for a in configured}):
+        print(f"{name}: its config is gone; stopping... ", end="", flush=True)
+        try:
+            remove(name)
+        except SystemctlError as exc:
+            failed += 1
+            print(f"failed: {exc.detail}", flush=True)
+            continue
+        print("stopped", flush=True)
+    if not configured:
+        print(f"no apps in {apps.APPS_DIR} (fleetctl new NAME ... writes one)")
+    if failed:
+        raise CtlError(f"{failed} app{'s' * (failed != 1)} not as configured (above)",
+                       "fleetctl status shows every app")
+    return 0
