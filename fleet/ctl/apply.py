@@ -3,14 +3,18 @@
 systemd makes an app's units from its config file when it reloads, but a
 reload starts and stops nothing. ``apply`` reloads, then for each app: starts
 a new one (socket, service, workers), starts or stops workers so their number
-matches ``FLEET_WORKERS``, and stops an app whose file is gone. Each app is
+matches ``FLEET_WORKERS``, and stops an app whose file is gone (first,
+while systemd still has its units as they were). Each app is
 done on its own: one that fails is reported and the others carry on.
 Changed settings reach running workers with ``fleetctl restart APP``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import stat
 
 from fleet import apps
 from fleet.apps import App, AppConfig, AppError
@@ -39,7 +43,15 @@ def running_apps() -> set[str]:
 def remove(name: str) -> None:
     """Stop every unit of an app whose config is gone, workers first (each drains its requests)."""
     app = App(name)
+    listen = systemctl.show([app.socket], ["Listen"]).get(app.socket, {}).get("Listen", "")
     systemctl.stop([app.instances, app.service, app.socket])
+    # NOTE: a socket whose file was reloaded away has lost its RemoveOnStop=.
+    for entry in listen.splitlines():
+        path = entry.rsplit(" (", 1)[0]
+        if path.startswith("/"):
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.lstat(path).st_mode):
+                    os.unlink(path)
     # NOTE: forget failed ones too, so nothing of the app lingers in systemctl's lists.
     try:
         systemctl.systemctl("reset-failed", app.instances, app.service, app.socket)
@@ -68,12 +80,23 @@ def bring_up(app: App) -> str:
 
 
 def run() -> int:
-    """Reload, then start, resize or stop each app; 0 if every app is as its config says."""
+    """Stop removed apps, reload, then start or resize each app; 0 if every app is as configured."""
+    failed = 0
+    configured = apps.configured()
+    # NOTE: removed apps are stopped before the reload, while systemd still has
+    # their units as written (RemoveOnStop= of a UNIX socket, the drain on stop).
+    for name in sorted(running_apps() - {a.name for a in configured}):
+        print(f"{name}: its config is gone; stopping... ", end="", flush=True)
+        try:
+            remove(name)
+        except SystemctlError as exc:
+            failed += 1
+            print(f"failed: {exc.detail}", flush=True)
+            continue
+        print("stopped", flush=True)
     print("reloading systemd (it makes the apps' units)... ", end="", flush=True)
     systemctl.daemon_reload()
     print("done", flush=True)
-    failed = 0
-    configured = apps.configured()
     for app in configured:
         print(f"{app.name}: ", end="", flush=True)
         try:
@@ -88,15 +111,6 @@ def run() -> int:
         except SystemctlError as exc:
             failed += 1
             print(f"failed: {exc.detail}", flush=True)
-    for name in sorted(running_apps() - {a.name for a in configured}):
-        print(f"{name}: its config is gone; stopping... ", end="", flush=True)
-        try:
-            remove(name)
-        except SystemctlError as exc:
-            failed += 1
-            print(f"failed: {exc.detail}", flush=True)
-            continue
-        print("stopped", flush=True)
     if not configured:
         print(f"no apps in {apps.APPS_DIR} (fleetctl new NAME ... writes one)")
     if failed:

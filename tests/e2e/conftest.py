@@ -203,3 +203,26 @@ def fleet(container: Container, deb: Path) -> Fleet:
     installed = install_fleet(container, deb)
     installed.wait_serving()
     return installed
+
+
+@pytest.fixture(scope="session")
+def newer_deb(
+    suite: str, deb: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Path:
+    """The same package with a higher version, to upgrade to (built once per session and release)."""
+    if suite != SUITE:
+        built: tuple[Path, Path] = request.getfixturevalue("release_debs")
+        return built[1]
+    version = deb.name.split("_")[1] + "+test1"
+    outdir = tmp_path_factory.mktemp("newer-deb")
+    result = subprocess.run(
+        [str(REPO / "packaging/build-deb"), "--version", version, "--outdir", str(outdir)],
+        capture_output=True,
+        text=True,
+        # NOTE: nocheck: the same sources' tests already ran when `deb` was built.
+        env={"PATH": CLEAN_PATH, "LC_ALL": "C.UTF-8", "HOME": "/root", "DEB_BUILD_OPTIONS": "nocheck"},
+    )
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-40:])
+        pytest.fail(f"building fleet {version} failed with exit {result.returncode}:\n{tail}", pytrace=False)
+    return outdir / f"fleet_{version}_all.deb"

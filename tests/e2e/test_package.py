@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import re
 import socket
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from .container import CLEAN_PATH, SUITE, SUITES, Container, free_port, http_get, port_is_free
+from .container import SUITES, Container, free_port, http_get, port_is_free
 from .fleet import (
     PORT_DROP_IN,
     Fleet,
@@ -69,29 +68,6 @@ def refuses(port: int) -> bool:
             return False
     except ConnectionRefusedError:
         return True
-
-
-@pytest.fixture(scope="session")
-def newer_deb(
-    suite: str, deb: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> Path:
-    """The same package with a higher version, to upgrade to (built once per session and release)."""
-    if suite != SUITE:
-        built: tuple[Path, Path] = request.getfixturevalue("release_debs")
-        return built[1]
-    version = deb.name.split("_")[1] + "+test1"
-    outdir = tmp_path_factory.mktemp("newer-deb")
-    result = subprocess.run(
-        [str(REPO / "packaging/build-deb"), "--version", version, "--outdir", str(outdir)],
-        capture_output=True,
-        text=True,
-        # NOTE: nocheck: the same sources' tests already ran when `deb` was built.
-        env={"PATH": CLEAN_PATH, "LC_ALL": "C.UTF-8", "HOME": "/root", "DEB_BUILD_OPTIONS": "nocheck"},
-    )
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).splitlines()[-40:])
-        pytest.fail(f"building fleet {version} failed with exit {result.returncode}:\n{tail}", pytrace=False)
-    return outdir / f"fleet_{version}_all.deb"
 
 
 # --- the tests ----------------------------------------------------------------------------
