@@ -276,3 +276,16 @@ def test_apps_lists_the_default_app_and_each_config(
     assert out[1].split() == ["default", "fleet.socket", "fleetctl", "scale", "-", "/etc/default/fleet"]
     assert out[3].split() == ["shop", "127.0.0.1:8001", "2", "-", f"{apps_dir}/shop.conf"]
     assert out[4].startswith(f"bad: {apps_dir}/bad.conf sets no FLEET_LISTEN")
+
+
+def test_apply_finds_the_apps_systemd_has_units_of(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fleet.ctl import apply, systemctl
+
+    listed = ("fleet-shop.socket loaded active listening fleet app shop: listening socket\n"
+              "fleet-shop.service loaded active exited fleet app shop\n"
+              "fleet-shop-worker@1.service loaded active running fleet app shop: worker 1\n"
+              "fleet-old.socket not-found active listening fleet-old.socket\n"
+              "fleet-worker@1.service loaded active running fleet worker 1\n"
+              "fleet-a-worker.service loaded inactive dead something else\n")  # fmt: skip
+    monkeypatch.setattr(systemctl, "systemctl", lambda *args: listed)
+    assert apply.running_apps() == {"shop", "old"}

@@ -6,9 +6,17 @@ import json
 
 import pytest
 
+from fleet.apps import App
 from fleet.ctl.ports import Holder, TakenPort
 from fleet.ctl.state import FleetState, Instance, Socket
-from fleet.ctl.status import format_bytes, format_duration, format_json, format_status
+from fleet.ctl.status import (
+    format_bytes,
+    format_duration,
+    format_json,
+    format_overview,
+    format_overview_json,
+    format_status,
+)
 
 SERVING = "serving [::]:8000 with 4 threads"
 STATE = FleetState(
@@ -134,3 +142,27 @@ def test_a_socket_failed_for_another_reason_points_to_its_journal() -> None:
         "\nfleet.socket failed (resources): see why with: journalctl -u fleet.socket\n"
         "fix: then start it again: sudo systemctl restart fleet.socket\n"
     )
+
+
+def test_with_several_apps_status_is_one_row_per_app_then_every_worker() -> None:
+    shop = App("shop")
+    shop_state = FleetState(
+        app=shop,
+        socket=Socket(unit=shop.socket, state="active", sub_state="listening", listen=("127.0.0.1:8001",)),
+        service_state="active",
+        instances=(Instance("1", "active", "active", "running", True, 990, 0, 0.5, None, 3.0, None, SERVING,
+                            unit_name=shop.unit("1")),),
+        problems=("FLEET_USER: no user 'shop' on this machine; create it (adduser --system shop) or ...",),
+    )  # fmt: skip
+    lines = format_overview([STATE, shop_state]).splitlines()
+    assert lines[0].split() == ["APP", "SOCKET", "LISTEN", "SERVICE", "WORKERS", "DRAINED", "PROBLEMS"]
+    row = ["default", "active", "[::]:8000,", "127.0.0.1:9000", "active", "2/2", "yes", "-"]
+    assert lines[1].split() == row
+    assert lines[2].split()[:7] == ["shop", "active", "127.0.0.1:8001", "active", "1/1", "no", "FLEET_USER:"]
+    assert [line.split()[0] for line in lines[4:9]] == [
+        "UNIT", "fleet-worker@1", "fleet-worker@2", "fleet-worker@7", "fleet-shop-worker@1"]
+    data = json.loads(format_overview_json([STATE, shop_state]))
+    assert data["socket"]["unit"] == "fleet.socket", "the top level stays the default app's, as before"
+    assert [a["app"] for a in data["apps"]] == ["default", "shop"]
+    assert data["apps"][1]["instances"][0]["unit"] == "fleet-shop-worker@1.service"
+    assert data["apps"][1]["problems"] == list(shop_state.problems)

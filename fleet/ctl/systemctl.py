@@ -214,17 +214,27 @@ def pid1_name() -> str:
 
 
 def last_error(unit: str, since: float) -> str | None:
-    """The unit's last error-priority journal line since the epoch time ``since``, or None."""
-    argv = [JOURNALCTL, "--no-pager", "--quiet", "--unit", unit, "--priority", "err",
-            "--lines", "1", "--output", "cat", "--since", f"@{int(since)}"]  # fmt: skip
-    try:
-        proc = subprocess.run(
-            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=_env(), timeout=10
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    lines = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
-    return without_worker_prefix(lines[-1]) if proc.returncode == 0 and lines else None
+    """The unit's last error-priority journal line since the epoch time ``since``, or None.
+
+    The worker's own lines (its SyslogIdentifier= is the unit's name) come first:
+    systemd 257 adds an error line of its own ("Failed to start ...") after them.
+    """
+    identifier = unit.removesuffix(".service")
+    for only_worker in (True, False):
+        argv = [JOURNALCTL, "--no-pager", "--quiet", "--unit", unit, "--priority", "err",
+                "--lines", "1", "--output", "cat", "--since", f"@{int(since)}"]  # fmt: skip
+        if only_worker:
+            argv += ["--identifier", identifier]
+        try:
+            proc = subprocess.run(
+                argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=_env(), timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        lines = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+        if proc.returncode == 0 and lines:
+            return without_worker_prefix(lines[-1])
+    return None
 
 
 def without_worker_prefix(line: str) -> str:

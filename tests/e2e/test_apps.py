@@ -313,3 +313,21 @@ def test_removing_an_apps_file_takes_only_that_app_down(host: Host) -> None:
         host.box.run("mv", "/root/blog.conf", "/etc/fleet/apps/blog.conf")
     assert "blog: started, 1 worker" in host.fleetctl("apply").stdout
     assert Client(unix=host.blog_socket).get()[0] == 200
+
+
+def test_purge_leaves_no_app_unit_or_state_and_keeps_the_operators_files(host: Host) -> None:
+    """Last: it removes the package. The apps' files are the administrator's, so they stay."""
+    box = host.box
+    made = box.sh("ls -d /var/lib/private/fleet-shop /run/systemd/generator/fleet-shop.socket").stdout
+    assert len(made.split()) == 2, "the app's state and units exist before the purge"
+    box.run("apt-get", "purge", "-y", "fleet", env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=300)
+    units = box.run("systemctl", "list-units", "--all", "--plain", "--no-legend", "fleet*").stdout
+    # NOTE: as in test_package's purge test: a stopped worker whose cgroup this host's legacy
+    # cgroups would not let systemd remove stays listed "not-found inactive dead", holding nothing.
+    alive = [line for line in units.splitlines() if line.split()[1:4] != ["not-found", "inactive", "dead"]]
+    assert alive == [], f"units left after purge:\n{units}"
+    left = box.sh("ls -d /run/systemd/generator/fleet* /var/lib/fleet* /var/lib/private/fleet* "
+                  "/run/fleet* /run/private/fleet* /etc/systemd/system/fleet* 2>/dev/null",
+                  check=False).stdout  # fmt: skip
+    assert left.strip() == "", f"purge left:\n{left}"
+    assert box.run("ls", "/etc/fleet/apps").stdout.split() == ["blog.conf", "shop.conf"]
