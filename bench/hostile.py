@@ -156,7 +156,7 @@ def requests_verdict(report: HordeReport) -> str:
     took = report.close_ages
     median = f"; median {statistics.median(took) * 1000:.0f} ms per request" if took else ""
     failed = "".join(f"; {e} ×{n}" for e, n in report.errors.most_common(2))
-    unanswered = f"; {report.held} unanswered at the end" if report.held else ""
+    unanswered = f"; {report.held} still in flight at the end" if report.held else ""
     return f"{report.closed_by_server} requests: {answers or 'none answered'}{median}{failed}{unanswered}"
 
 
