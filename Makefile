@@ -34,7 +34,7 @@ check: deps
 	$(PY) -m pytest -p no:cacheprovider tests
 
 lint:
-	build/pypi-venv/bin/ruff check fleet tests $(wildcard bench)
+	build/pypi-venv/bin/ruff check fleet harness tests $(wildcard bench)
 	build/pypi-venv/bin/mypy fleet
 
 unit:
@@ -55,10 +55,10 @@ install: build-deps deb
 	apt-get install -y ./$(DEB)
 
 try: try-deps deb
-	$(PY) tests/e2e/try_fleet.py start
+	$(PY) -m harness.try_fleet start
 
 try-stop:
-	$(PY) tests/e2e/try_fleet.py stop
+	$(PY) -m harness.try_fleet stop
 
 bench: bench-deps deb
 	$(PY) bench/run.py

@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import re
 import resource
 import signal
 import statistics
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import procs
 from bench.machine import Busy
-from bench.peers import Peer, get
+from bench.peers import Peer
+from harness import net, procs
+from harness.http import get
+from harness.wrk import Load, Wrk
 
 THREADS = 1
 CONNECTIONS = 50
@@ -29,96 +29,16 @@ CONNECTIONS = 50
 TIMEOUT = "10s"
 
 
-@dataclass(frozen=True)
-class Wrk:
-    """What wrk reported for one run."""
-
-    requests: int
-    seconds: float
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    socket_errors: int
-    non_2xx: int
-    raw: str
-
-    @property
-    def failed(self) -> int:
-        return self.socket_errors + self.non_2xx
-
-
-_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
-
-
-def _ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-    if not m:
-        raise ValueError(f"wrk printed a latency bench cannot read: {text!r}")
-    return float(m.group(1)) * _UNIT_MS[m.group(2)]
-
-
-def parse_wrk(out: str) -> Wrk:
-    """Read wrk --latency's report (wrk 4.1)."""
-    done = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
-    if not done:
-        raise ValueError(f"wrk printed no summary:\n{out}")
-    seconds = float(done.group(2)) * (60.0 if done.group(3) == "m" else 1.0)
-    if done.group(3) == "ms":
-        seconds /= 1000
-    pct = dict(re.findall(r"^\s+(\d+)%\s+(\S+)\s*$", out, re.M))  # NOTE: "1.26s " ends in a space
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    return Wrk(
-        requests=int(done.group(1)),
-        seconds=seconds,
-        rps=float(rps.group(1)) if rps else 0.0,
-        p50_ms=_ms(pct["50"]) if "50" in pct else float("nan"),
-        p99_ms=_ms(pct["99"]) if "99" in pct else float("nan"),
-        socket_errors=sum(int(g) for g in errors.groups()) if errors else 0,
-        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
-        raw=out,
-    )
-
-
 def start_wrk(
     port: int, duration: float, connections: int = CONNECTIONS, threads: int = THREADS, path: str = "/"
-) -> procs.Launched:
-    argv = [
-        "wrk",
-        f"-t{threads}",
-        f"-c{connections}",
-        f"-d{duration:g}s",
-        f"--timeout={TIMEOUT}",
-        "--latency",
-        f"http://127.0.0.1:{port}{path}",
-    ]
-    return _Captured(argv)
-
-
-class _Captured(procs.Launched):
-    """A Launched whose stdout is kept for parsing."""
-
-    def __init__(self, argv: list[str]) -> None:
-        self.popen = self.captured = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        self.pid = self.popen.pid
-        self.known = set()
-        procs.STARTED.append(self)
-
-    def result(self, timeout: float) -> Wrk:
-        try:
-            out, _ = self.captured.communicate(timeout=timeout)
-        finally:
-            self.stop()
-        return parse_wrk(out)
+) -> Load:
+    """wrk as the bench runs it (with latencies), started in the background."""
+    return Load(port, seconds=duration, connections=connections, threads=threads, path=path,
+                timeout=TIMEOUT, latency=True).start()  # fmt: skip
 
 
 def wrk(port: int, duration: float, connections: int = CONNECTIONS) -> Wrk:
-    run = start_wrk(port, duration, connections)
-    assert isinstance(run, _Captured)
-    return run.result(timeout=duration + 30)
+    return start_wrk(port, duration, connections).result()
 
 
 # -- one measured run ----------------------------------------------------------------------
@@ -210,7 +130,7 @@ def measure_once(peer: Peer, duration: float, warmup: float = 2.0, connections: 
 
     def sample_split() -> None:
         time.sleep(duration / 2)
-        conns = procs.connections(peer.workers(), peer.port)
+        conns = net.connections(peer.workers(), peer.port)
         split.append(tuple(sorted(conns.values(), reverse=True)))
 
     sampler = threading.Thread(target=sample_split, daemon=True)
@@ -293,7 +213,6 @@ def fault(peer: Peer, duration: float = 12.0, kill_at: float = 3.0) -> Fault:
     idents_before = {peer.ident(p) for p in before}
     t0 = time.monotonic()
     load = start_wrk(peer.port, duration)
-    assert isinstance(load, _Captured)
     stop = threading.Event()
     answers: list[tuple[float, str]] = []
     cpu_samples: list[tuple[float, dict[int, float]]] = []
@@ -331,11 +250,11 @@ def fault(peer: Peer, duration: float = 12.0, kill_at: float = 3.0) -> Fault:
         # NOTE: stopped first, so it accepts nothing between the count and its death:
         # with FLEET_KEEPALIVE_MAX_AGE=3 the load's connections all renew near t=3 s.
         victim_proc.signal(signal.SIGSTOP)
-        victim_conns = procs.connections([victim], peer.port)[victim]
+        victim_conns = net.connections([victim], peer.port)[victim]
         victim_proc.signal(signal.SIGKILL)
     killed_at = time.monotonic()
     state["killed"] = killed_at
-    result = load.result(timeout=duration + 30)
+    result = load.result()
     stop.set()
     for thread in threads:
         thread.join(5)

@@ -21,9 +21,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from bench import procs
+from harness import procs
+from harness.container import Bind, Container, newest_deb
+from harness.fleet import set_port
+from harness.http import get
+from harness.net import free_port, listen
+from harness.worker import fd3_launch
 
 REPO = Path(__file__).resolve().parent.parent
 NODE_DIR = REPO / "bench" / "node"
@@ -47,13 +51,6 @@ THREADS = 4  # per worker, where a peer has threads: fleet's default FLEET_THREA
 
 def usable_cpus() -> int:
     return len(os.sched_getaffinity(0))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def base_env(**extra: str) -> dict[str, str]:
@@ -99,18 +96,6 @@ def make_django_db() -> None:
     """(Re)create the Django app's read-only SQLite database before servers open it."""
     argv = [PYTHON, "-m", "bench.djangosite.makedb"]
     subprocess.run(argv, check=True, env=base_env(), cwd=REPO, stdout=subprocess.DEVNULL)
-
-
-def get(port: int, path: str = "/", timeout: float = 2.0) -> tuple[int, dict[str, str], bytes]:
-    """One GET on a new connection to 127.0.0.1:port."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        body = resp.read()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
-    finally:
-        conn.close()
 
 
 class PeerError(RuntimeError):
@@ -402,12 +387,7 @@ class FleetBare(Peer):
 
     def start(self) -> None:
         self.port = self.port or free_port()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind(("127.0.0.1", self.port))
-        sock.listen(4096)
-        self.sock = sock
+        self.sock = listen(self.port, 4096, nodelay=True)
         self._stopping = False
         for instance in range(1, self.workers_wanted + 1):
             self.slots[instance] = self._spawn(instance)
@@ -417,22 +397,16 @@ class FleetBare(Peer):
 
     def _spawn(self, instance: int) -> procs.Launched:
         assert self.sock is not None
-        fd = self.sock.fileno()
-
-        def at_fd3() -> None:
-            os.dup2(fd, 3)
-
+        launch = fd3_launch([self.sock.fileno()], python(), self.module)
         env = base_env(
             LISTEN_FDS="1", FLEET_INSTANCE=str(instance), FLEET_APP=self.target(), **self.fleet_env
         )
-        # NOTE: LISTEN_PID must be the worker's own pid: the shell sets it, then execs.
-        argv = ["sh", "-c", f'LISTEN_PID=$$ exec "$0" -m {self.module}', python()]
         return procs.Launched(
-            argv,
+            launch.argv,
             env=env,
             log=self.log_dir / f"{self.key}.log",
-            pass_fds=(3,),
-            preexec_fn=at_fd3,
+            pass_fds=launch.pass_fds,
+            preexec_fn=launch.preexec_fn,
             cwd=REPO,
             session=True,  # NOTE: as each fleet-worker@N.service is (see LaunchedPeer.start)
         )
@@ -485,18 +459,14 @@ class FleetSystemd(Peer):
     deb: Path | None = None
     fleet_env: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    container: object = None  # tests.e2e.container.Container, imported lazily
+    container: Container | None = None
 
     def start(self) -> None:
-        sys.path.insert(0, str(REPO))
-        from tests.e2e.container import Bind, Container, newest_deb
-        from tests.e2e.container import free_port as container_port
-
         deb = self.deb or newest_deb(REPO / "dist")
         if deb is None or not deb.exists():
             raise PeerError("no dist/fleet_*_all.deb to install: run make deb, or pass --deb PATH")
         self.deb = deb
-        self.port = self.port or container_port()
+        self.port = self.port or free_port()
         # NOTE: the bench's apps and the venv's site-packages (Django), read-only, as an
         # app deployed beside the package would be; not the repo root, whose fleet/
         # would shadow the installed package.
@@ -505,10 +475,7 @@ class FleetSystemd(Peer):
             binds.append(Bind(site_packages(), f"{APP_ROOT}/site-packages", read_only=True))
         box = Container.boot("fleet-bench", binds=binds, log_path=self.log_dir / f"{self.key}-console.log")
         self.container = box
-        box.write_file(
-            "/etc/systemd/system/fleet.socket.d/port.conf",
-            f"[Socket]\nListenStream=\nListenStream={self.port}\n",
-        )
+        set_port(box, self.port)
         box.install_deb(deb)
         box.run("cp", "/etc/default/fleet", "/etc/default/fleet.shipped")
         self.workers_wanted = box.nproc()
@@ -534,7 +501,7 @@ class FleetSystemd(Peer):
         self.app = app
         self._configure()
 
-    def _box(self) -> Any:
+    def _box(self) -> Container:
         if self.container is None:
             raise PeerError("the fleet container is not running")
         return self.container
@@ -613,7 +580,7 @@ if __name__ == "__main__":  # pragma: no cover - a manual smoke test: python3 -m
     for peer in (NodeCluster("node", "Node", logs), FleetBare("fleet-bare", "fleet (bare)", logs)):
         try:
             peer.start()
-            print(peer.label, peer.port, peer.pids(), get(peer.port)[1].get(peer.ident_header))
+            print(peer.label, peer.port, peer.pids(), get(peer.port, timeout=2.0)[1].get(peer.ident_header))
         finally:
             peer.stop()
     sys.exit(0)

@@ -46,15 +46,17 @@ def load_run(path: Path) -> Run:
     """Read back a run.json written by bench/run.py, to render its report again."""
     import json
 
-    from bench.load import Wrk
+    from harness.wrk import Wrk
 
     data = json.loads(path.read_text())
 
+    # NOTE: each wrk result is read again from wrk's own output, kept whole in run.json:
+    # so runs saved before the parser's fields changed still load.
     def measure(d: dict[str, Any]) -> Measure:
-        return Measure(**{**d, "wrk": Wrk(**d["wrk"]), "split": tuple(d["split"])})
+        return Measure(**{**d, "wrk": Wrk.parse(d["wrk"]["raw"]), "split": tuple(d["split"])})
 
     def fault(d: dict[str, Any]) -> Fault:
-        return Fault(**{**d, "wrk": Wrk(**d["wrk"]), "timeline": []})
+        return Fault(**{**d, "wrk": Wrk.parse(d["wrk"]["raw"]), "timeline": []})
 
     data["rounds"] = [{k: measure(m) for k, m in r.items()} for r in data["rounds"]]
     data["apps"] = {
@@ -599,7 +601,8 @@ def hostile_sections(run: Run) -> list[str]:
         "",
         "Each attack (`bench/hostile.py`) runs on loopback against the peer serving Hello World, bounded",
         "in connections and time. During it a legitimate client opens a NEW connection every 100 ms for",
-        f"`GET /` with a 2 s limit ({run.config.get('attacks', '')}): the share answered 2xx within 2 s,",
+        f"`GET /` with a 2 s limit ({run.config.get('attacks', '')}): the share answered",
+        "`200 Hello World!` within 2 s,",
         "and the p99 of all probes (*—* when more than 1% went unanswered). fleet is the .deb under",
         "systemd at its defaults; *one waitress* is waitress alone (4 threads).",
         "",

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import apps, hostile, load, machine, procs, report  # noqa: E402
+from bench import apps, hostile, load, machine, report  # noqa: E402
 from bench.peers import (  # noqa: E402
     UWSGI,
     FleetBare,
@@ -42,6 +42,7 @@ from bench.peers import (  # noqa: E402
     python_versions,
     usable_cpus,
 )
+from harness import procs  # noqa: E402
 
 ANALYSIS = REPO / "bench" / "analysis.md"
 # NOTE: no peer is pinned to CPUs: fleet's own FLEET_CPU_AFFINITY=auto is turned off

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.load import Load
+from harness.wrk import Load
 
 
 @pytest.mark.parametrize("settings", [

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import get
+from harness.http import get
 from tests.test_worker import background_get, port_of
 
 

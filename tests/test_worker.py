@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fleet.worker import EXIT_APP_LOAD, EXIT_CONFIG, EXIT_USAGE, StartHistory
-from tests.conftest import get
+from harness.http import get
 
 
 def port_of(sock: socket.socket) -> int:

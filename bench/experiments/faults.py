@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -14,10 +13,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench import load, procs  # noqa: E402
+from bench import load  # noqa: E402
 from bench.experiments.tune import BASE, Variant  # noqa: E402
 from bench.peers import FleetBare, usable_cpus  # noqa: E402
 from bench.report import med  # noqa: E402
+from harness import procs  # noqa: E402
+from harness.wrk import Wrk  # noqa: E402
 
 SETS: dict[str, list[Variant]] = {
     "gate": [BASE, Variant("no accept gate", module="bench.experiments.nogate_worker")],
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[v.name].append(f)
                 print(
                     f"round {r + 1} {v.name:28} failed {f.wrk.failed} of {f.victim_connections} "
-                    f"({_errors(f.wrk.raw)}) serving {f.replacement_serving_ms} ms, "
+                    f"({_errors(f.wrk)}) serving {f.replacement_serving_ms} ms, "
                     f"share after {f.traffic_again_s} s, {f.wrk.rps:,.0f} req/s",
                     file=sys.stderr,
                     flush=True,
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         fs = results[v.name]
         print(
             f"| {v.name} | {', '.join(f'{f.wrk.failed}/{f.victim_connections}' for f in fs)} "
-            f"| {'; '.join(_errors(f.wrk.raw) for f in fs)} "
+            f"| {'; '.join(_errors(f.wrk) for f in fs)} "
             f"| {med([f.replacement_serving_ms for f in fs]):.0f} ms "
             f"| {', '.join(_s(f.traffic_again_s) for f in fs)} "
             f"| {med([f.wrk.rps for f in fs]):,.0f} |"
@@ -85,9 +86,11 @@ def _s(seconds: float | None) -> str:
     return "never" if seconds is None else f"{seconds:.1f} s"
 
 
-def _errors(raw: str) -> str:
-    m = re.search(r"Socket errors: (.*)", raw)
-    return m.group(1) if m else "none"
+def _errors(wrk: Wrk) -> str:
+    if not wrk.socket_errors:
+        return "none"
+    return (f"connect {wrk.connect_errors}, read {wrk.read_errors}, write {wrk.write_errors}, "
+            f"timeout {wrk.timeouts}")
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench import load, procs  # noqa: E402
+from bench import load  # noqa: E402
 from bench.peers import FleetBare  # noqa: E402
+from harness import procs  # noqa: E402
 
 
 def fold(raw: str, top: int) -> str:

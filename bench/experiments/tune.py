@@ -20,9 +20,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench import load, procs  # noqa: E402
+from bench import load  # noqa: E402
 from bench.peers import FleetBare, usable_cpus  # noqa: E402
 from bench.report import med  # noqa: E402
+from harness import procs  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Fixtures of the end-to-end suite: a cached base tree, throwaway containers, the .deb.
 
-Every test here boots systemd as PID 1 in a disposable container (see ``container.py``);
-``fleet`` is that container with the package installed and serving (see ``fleet.py``).
+Every test here boots systemd as PID 1 in a disposable container (see ``harness/container.py``);
+``fleet`` is that container with the package installed and serving (see ``harness/fleet.py``).
 Without root or the tools the suite is skipped with the reason, except in CI (``CI=true``),
 where a suite that silently skips would prove nothing, so it fails instead.
 
@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from .build import build_debs
-from .container import (
+from harness.build import build_debs
+from harness.container import (
     CLEAN_PATH,
     SUITE,
     SUITES,
@@ -31,7 +31,7 @@ from .container import (
     newest_deb,
     skip_reason,
 )
-from .fleet import Fleet, install_fleet
+from harness.fleet import Fleet, install_fleet
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent

@@ -28,8 +28,10 @@ from pathlib import Path
 
 import pytest
 
-from .container import Container, http_get
-from .fleet import FLEETCTL_TIMEOUT, HELLO, Fleet, install_fleet, instances, wait_for
+from harness.container import Container
+from harness.fleet import FLEETCTL_TIMEOUT, HELLO, Fleet, install_fleet, instances, wait_for
+from harness.http import get_text
+from harness.net import free_port
 
 pytestmark = pytest.mark.releases("bookworm", "trixie")
 
@@ -79,7 +81,7 @@ class Client:
 
     def get(self, path: str = "/", timeout: float = 10) -> tuple[int, str]:
         if self.port is not None:
-            status, _, body = http_get(self.port, path, timeout=timeout)
+            status, _, body = get_text(self.port, path, timeout=timeout)
             return status, body
         assert self.unix is not None
         conn = http.client.HTTPConnection("localhost", timeout=timeout)
@@ -180,8 +182,6 @@ def host(base_tree: Path, deb: Path, wheels: Path) -> Iterator[Host]:
         _make_venv(box, wheels, "/srv/blog/venv", "flask", "falcon>=4")
         box.write_file("/srv/blog/blog.py", BLOG_APP)
         box.run("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "blog")
-
-        from .container import free_port
 
         shop_port = free_port()
         box.run("fleetctl", "new", "shop", "--listen", f"127.0.0.1:{shop_port}",

@@ -9,15 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from .container import (
-    CLEAN_PATH,
-    CommandError,
-    Container,
-    free_port,
-    http_get,
-    process_matches,
-    start_time,
-)
+from harness.container import CLEAN_PATH, CommandError, Container
+from harness.http import get_text
+from harness.net import free_port
+from harness.procs import process_matches, start_time
 
 
 def test_boots_systemd_as_pid_1(container: Container) -> None:
@@ -49,7 +44,7 @@ def test_a_port_opened_inside_answers_on_the_hosts_loopback(container: Container
     deadline = time.monotonic() + 10
     while True:
         try:
-            status, headers, body = http_get(port)
+            status, headers, body = get_text(port)
             break
         except ConnectionRefusedError:
             assert time.monotonic() < deadline, f"nothing listens on 127.0.0.1:{port}"

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from .container import SUITES, Container
-from .fleet import Fleet, Traffic, every_worker_answers, instances, wait_for
+from harness.container import SUITES, Container
+from harness.fleet import Fleet, Traffic, every_worker_answers, instances, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")

@@ -24,12 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.load import Load
-
-from .conftest import boot_for_test
-from .container import Container
-from .fleet import Fleet, install_fleet, server_connections, wait_for
-from .hostile import (
+from harness.attacks import (
+    SLOWLORIS_DRIP,
+    SLOWLORIS_HEAD,
     Attack,
     Exchange,
     Horde,
@@ -38,10 +35,18 @@ from .hostile import (
     Sampler,
     Worker,
     exchange,
+    many_headers,
     raise_open_files,
     request,
+    slow_body,
     workers,
 )
+from harness.container import Container
+from harness.fleet import Fleet, install_fleet, wait_for
+from harness.net import server_connections
+from harness.wrk import Load
+
+from .conftest import boot_for_test
 
 WORKERS = ("1", "2")
 APPS = "/srv/fleet-test-apps"
@@ -157,6 +162,19 @@ class Outcome:
         assert all(len(seen) == 1 for seen in pids.values()), f"{self.name}: workers replaced: {pids}"
         assert self.sampler.restarts() == dict.fromkeys(WORKERS, 0), f"{self.name}: {self.sampler.restarts()}"
 
+    def assert_cut_off(self, count: int, timeout: float, what: str) -> HordeReport:
+        """The bounds of a slow attack: everyone else served, every attacker closed by ``timeout``.
+
+        Closed without a word or with a 408 (``what`` names what kept coming, for the message).
+        """
+        self.assert_everyone_else_served()
+        horde = self.horde
+        assert horde.longest_lived <= timeout + LATE, (
+            f"{what} kept coming for {horde.longest_lived:.1f} s (bound {timeout:g} s)")
+        assert horde.closed_by_server >= count, f"only {horde.closed_by_server} of {count} closed"
+        assert set(horde.statuses) <= {408, None}, f"not 408: {horde.statuses}"
+        return horde
+
 
 def run(fleet: Fleet, attack: Attack, seconds: float) -> Outcome:
     """Run ``attack`` for ``seconds`` under the probe and the sampler; print and return the figures."""
@@ -204,28 +222,19 @@ def test_5000_idle_keepalive_connections_never_fill_the_fleet(fleet: Fleet) -> N
 
 def test_slowloris_gets_408_and_never_stops_the_fleet(fleet: Fleet) -> None:
     count = 1000
-    slowloris = Attack(f"{count} slowloris (a header byte a second)", count,
-                       head=b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n", drip=b"X-Slow: a\r\n")  # fmt: skip
+    slowloris = Attack(f"{count} slowloris (a header byte a second)", count, head=SLOWLORIS_HEAD,
+                       drip=SLOWLORIS_DRIP)  # fmt: skip
     outcome = run(fleet, slowloris, seconds=25)
-    outcome.assert_everyone_else_served()
-    horde = outcome.horde
-    assert horde.longest_lived <= HEADER_TIMEOUT + LATE, (
-        f"a request head kept coming for {horde.longest_lived:.1f} s (FLEET_HEADER_TIMEOUT)")
-    assert horde.closed_by_server >= count, f"only {horde.closed_by_server} of {count} closed"
-    assert horde.statuses[408] and set(horde.statuses) <= {408, None}, f"not 408: {horde.statuses}"
+    horde = outcome.assert_cut_off(count, HEADER_TIMEOUT, "a request head (FLEET_HEADER_TIMEOUT)")
+    assert horde.statuses[408], f"not 408: {horde.statuses}"
 
 
 def test_slow_bodies_are_cut_and_never_stop_the_fleet(fleet: Fleet) -> None:
     count = 500
-    slow_body = Attack(f"{count} slow bodies (a byte a second)", count,
-                       head=request("POST", "/plain", "Content-Length: 1000000\r\n"), drip=b"x")  # fmt: skip
-    outcome = run(fleet, slow_body, seconds=30)
-    outcome.assert_everyone_else_served()
-    horde = outcome.horde
-    assert horde.longest_lived <= BODY_TIMEOUT + LATE, (
-        f"a body below FLEET_BODY_MIN_RATE kept coming for {horde.longest_lived:.1f} s (FLEET_BODY_TIMEOUT)")
-    assert horde.closed_by_server >= count, f"only {horde.closed_by_server} of {count} closed"
-    assert set(horde.statuses) <= {408, None}, f"not 408: {horde.statuses}"
+    slow = Attack(f"{count} slow bodies (a byte a second)", count, head=slow_body(1_000_000, "/plain"),
+                  drip=b"x")  # fmt: skip
+    outcome = run(fleet, slow, seconds=30)
+    outcome.assert_cut_off(count, BODY_TIMEOUT, "a body below FLEET_BODY_MIN_RATE (FLEET_BODY_TIMEOUT)")
 
 
 # --- clients that send a lot, or never read ----------------------------------------------
@@ -259,9 +268,7 @@ def test_a_1_mb_header_gets_431(fleet: Fleet) -> None:
 
 
 def test_10000_headers_get_431(fleet: Fleet) -> None:
-    many = "".join(f"X-Many-{i}: v\r\n" for i in range(10_000))
-    attack = Attack("8 connections sending 10,000 headers again and again", 8,
-                    head=request(headers=many + "Connection: close\r\n"))  # fmt: skip
+    attack = Attack("8 connections sending 10,000 headers again and again", 8, head=many_headers(10_000))
     outcome = run(fleet, attack, seconds=10)
     statuses = outcome.horde.statuses
     requests = sum(statuses.values())

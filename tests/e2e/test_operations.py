@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.load import Load
-
-from .container import SUITES, Container, http_get
-from .fleet import Fleet, server_connections, wait_for
+from harness.container import SUITES, Container
+from harness.fleet import Fleet, wait_for
+from harness.http import get_text
+from harness.net import server_connections
+from harness.wrk import Load
 
 REPO = Path(__file__).resolve().parents[2]
 APPS = "/srv/fleet-test-apps"
@@ -165,7 +166,7 @@ def test_hung_worker_is_replaced_while_siblings_serve(fleet: Fleet) -> None:
 
     def hang() -> None:
         try:
-            http_get(fleet.port, "/hang", timeout=60)
+            get_text(fleet.port, "/hang", timeout=60)
         except OSError:
             pass  # the hung worker is killed under this request: that one is lost
 
@@ -183,7 +184,7 @@ def test_hung_worker_is_replaced_while_siblings_serve(fleet: Fleet) -> None:
     def replaced() -> str | None:
         nonlocal served, failed
         try:
-            served += http_get(fleet.port, "/", timeout=5)[0] == 200
+            served += get_text(fleet.port, "/", timeout=5)[0] == 200
         except OSError:
             failed += 1
         now = fleet.pids()
@@ -222,7 +223,7 @@ def test_one_crash_looping_worker_backs_off_and_recovers(fleet: Fleet) -> None:
     while time.monotonic() - started < 20:
         assert socket_state(fleet) == "active", "one bad worker must never fail the socket"
         asked += 1
-        served += http_get(fleet.port, "/", timeout=5)[0] == 200
+        served += get_text(fleet.port, "/", timeout=5)[0] == 200
         time.sleep(0.5)
     elapsed, cpu = time.monotonic() - started, (cpu_usec() - cpu_before) / 1e6
     restarts = int(fleet.show("fleet-worker@2.service", "NRestarts"))
@@ -256,7 +257,7 @@ def test_every_worker_crash_looping_keeps_connections_queued(fleet: Fleet) -> No
     answer: dict[str, tuple[int, dict[str, str], str]] = {}
 
     def waiting_client() -> None:
-        answer["response"] = http_get(fleet.port, "/", timeout=90)
+        answer["response"] = get_text(fleet.port, "/", timeout=90)
 
     client = threading.Thread(target=waiting_client)
     client.start()

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from .container import SUITES, Container, free_port, http_get, port_is_free
-from .fleet import (
+from harness.container import SUITES, Container
+from harness.fleet import (
     PORT_DROP_IN,
     Fleet,
     Traffic,
@@ -27,6 +27,8 @@ from .fleet import (
     set_port,
     wait_for,
 )
+from harness.http import get_text
+from harness.net import free_port, listening_on, port_is_free
 
 REPO = Path(__file__).resolve().parent.parent.parent
 pytestmark = pytest.mark.releases(*SUITES)
@@ -38,27 +40,11 @@ pytestmark = pytest.mark.releases(*SUITES)
 def get_hello(port: int, when: str, timeout: float = 10) -> dict[str, str]:
     """GET / and require fleet's Hello World; fail saying ``when`` and what happened instead."""
     try:
-        status, headers, body = http_get(port, "/", timeout=timeout)
+        status, headers, body = get_text(port, "/", timeout=timeout)
     except OSError as error:
         raise AssertionError(f"GET / on port {port} {when}: {type(error).__name__}: {error}") from None
     assert (status, body) == (200, "Hello World!"), f"GET / on port {port} {when}: {status} {body!r}"
     return headers
-
-
-def listening_inodes(port: int) -> set[int]:
-    """Return the inodes of the host's listening TCP sockets on ``port``.
-
-    NOTE: read from /proc/net, not by connecting: a connection would make systemd start
-    fleet.service. The inode names the socket itself, so it shows whether it was reopened.
-    """
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            local_port = int(fields[1].rsplit(":", 1)[1], 16)
-            if local_port == port and fields[3] == "0A":  # 0A: TCP_LISTEN
-                inodes.add(int(fields[9]))
-    return inodes
 
 
 def refuses(port: int) -> bool:
@@ -109,13 +95,13 @@ def test_units_verify_cleanly_and_workers_are_sandboxed(fleet: Fleet) -> None:
 
 def test_stopping_the_fleet_keeps_the_socket_and_a_request_brings_it_back(fleet: Fleet) -> None:
     port = fleet.port
-    listening = listening_inodes(port)
+    listening = listening_on(port)
     assert listening, f"nothing listens on {port} after install"
 
     fleet.box.run("systemctl", "stop", "fleet")
     wait_for(fleet.pids, lambda w: not w, 45, "workers after systemctl stop fleet")
     assert fleet.show("fleet.socket", "ActiveState") == "active"
-    assert listening_inodes(port) == listening, "systemctl stop fleet must leave the socket open"
+    assert listening_on(port) == listening, "systemctl stop fleet must leave the socket open"
 
     fleet.box.run("systemctl", "start", "fleet.socket")
     headers = get_hello(port, "after systemctl stop fleet (it should start the fleet again)", timeout=30)
@@ -166,7 +152,7 @@ def test_upgrade_restarts_workers_one_by_one_and_keeps_socket_scale_and_settings
     before = wait_for(fleet.pids, lambda w: set(w) == instances(3), 30, "workers after fleetctl scale 3")
     socket_since = fleet.show("fleet.socket", "ActiveEnterTimestampMonotonic")
     group_since = fleet.show("fleet.service", "ActiveEnterTimestampMonotonic")
-    listening = listening_inodes(port)
+    listening = listening_on(port)
 
     started = time.monotonic()
     with Traffic(port, timeout=15) as traffic:
@@ -182,7 +168,7 @@ def test_upgrade_restarts_workers_one_by_one_and_keeps_socket_scale_and_settings
     )
     assert traffic.ok > 0, "no request completed during the upgrade"
 
-    assert listening_inodes(port) == listening, "the upgrade reopened the listening socket"
+    assert listening_on(port) == listening, "the upgrade reopened the listening socket"
     assert fleet.show("fleet.socket", "ActiveEnterTimestampMonotonic") == socket_since, (
         "the upgrade restarted fleet.socket"
     )

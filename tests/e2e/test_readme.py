@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from .build import BUILD_SECONDS, copy_checkout
-from .container import Container, free_port
-from .fleet import Fleet, instances, set_port, wait_for
+from harness.build import BUILD_SECONDS, copy_checkout
+from harness.container import Container
+from harness.fleet import Fleet, instances, set_port, wait_for
+from harness.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 USER = "alice"

@@ -5,7 +5,7 @@ in it and leaves it running in the background; ``stop`` throws it away (``make t
 The container shares the host's network, so fleet answers on the host's 127.0.0.1: on port
 8000 when that is free, else on a free port. Its state lives in dist/try.json.
 
-Usage: /usr/bin/python3 tests/e2e/try_fleet.py {start [--deb PATH] | stop | status | shell}
+Usage: /usr/bin/python3 -m harness.try_fleet {start [--deb PATH] | stop | status | shell}
 """
 
 from __future__ import annotations
@@ -18,22 +18,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-# NOTE: run as a script, not by pytest: import the harness the way pytest does.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
+from harness.container import CLEAN_ENV, CommandError, Container, E2EError, newest_deb, skip_reason
+from harness.fleet import set_port
+from harness.http import get_text
+from harness.net import HOST, free_port, port_is_free
 
-from tests.e2e.container import (  # noqa: E402
-    CLEAN_ENV,
-    CommandError,
-    Container,
-    E2EError,
-    free_port,
-    http_get,
-    newest_deb,
-    port_is_free,
-    skip_reason,
-)
-
-REPO = Path(__file__).resolve().parent.parent.parent
+REPO = Path(__file__).resolve().parents[1]
 DIST = REPO / "dist"
 STATE = DIST / "try.json"
 PREFERRED_PORT = 8000
@@ -101,10 +91,7 @@ def start(deb: Path | None) -> int:
         state.save()
         # NOTE: the container shares the host's network: listen on loopback only, on a
         # port the host does not use, before the package's postinst starts the socket.
-        container.write_file(
-            "/etc/systemd/system/fleet.socket.d/port.conf",
-            f"[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n",
-        )
+        set_port(container, port, HOST)
         began = time.monotonic()
         container.install_deb(deb)
         print(f"installed {deb.name} in {time.monotonic() - began:.1f} s")
@@ -124,7 +111,7 @@ def answer(container: Container, port: int) -> str:
     deadline = time.monotonic() + ANSWER_TIMEOUT
     while True:
         try:
-            status, _, body = http_get(port)
+            status, _, body = get_text(port)
             first = body.strip().splitlines()[0] if body.strip() else ""
             return f"fleet answers on http://127.0.0.1:{port}/: {status} {first[:80]}"
         except OSError as failure:

@@ -1,4 +1,4 @@
-"""The fleet package installed in a test container, and the probes the e2e tests share.
+"""The fleet package installed in a container, and the probes the e2e tests share.
 
 Every e2e test file drives the same thing: fleet installed in a throwaway container,
 on a free port (containers share the host's network), observed through systemctl,
@@ -8,21 +8,21 @@ only what they prove. Instances are named as systemd names them: strings ("1", "
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import re
 import subprocess
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .container import Container, free_port, http_get
+from harness.container import Container
+from harness.http import get_text
+from harness.net import free_port
 
 PORT_DROP_IN = "/etc/systemd/system/fleet.socket.d/port.conf"
 WANTS_DIR = "/etc/systemd/system/fleet.service.wants"
@@ -54,9 +54,14 @@ def instances(size: int) -> set[str]:
     return {str(i) for i in range(1, size + 1)}
 
 
-def set_port(box: Container, port: int) -> None:
-    """Move fleet.socket to ``port``, as ``systemctl edit fleet.socket`` would."""
-    box.write_file(PORT_DROP_IN, f"[Socket]\nListenStream=\nListenStream={port}\n")
+def set_port(box: Container, port: int, host: str = "") -> None:
+    """Move fleet.socket to ``port`` (only on ``host``, if given), as ``systemctl edit fleet.socket`` would.
+
+    NOTE: containers share the host's network: written before the package's postinst
+    starts the socket, this keeps it off the host's ports in use.
+    """
+    listen = f"{host}:{port}" if host else str(port)
+    box.write_file(PORT_DROP_IN, f"[Socket]\nListenStream=\nListenStream={listen}\n")
 
 
 def install_fleet(box: Container, deb: Path) -> Fleet:
@@ -74,7 +79,7 @@ def install_fleet(box: Container, deb: Path) -> Fleet:
 def _status(port: int, path: str = "/", timeout: float = 5) -> int | str:
     """Return the HTTP status of GET ``path``, or the error as text: a value to poll on."""
     try:
-        return http_get(port, path, timeout=timeout)[0]
+        return get_text(port, path, timeout=timeout)[0]
     except (OSError, http.client.HTTPException) as error:
         return f"{type(error).__name__}: {error}"
 
@@ -152,7 +157,7 @@ class Fleet:
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """GET /healthz; return its status and JSON body (worker, pid, status)."""
-        status, _, body = http_get(self.port, "/healthz")
+        status, _, body = get_text(self.port, "/healthz")
         data: dict[str, Any] = json.loads(body)
         return status, data
 
@@ -187,7 +192,7 @@ def every_worker_answers(
     seen: dict[str, set[int]] = {}
 
     def one(_: int) -> tuple[str, int]:
-        status, headers, text = http_get(fleet.port, path)
+        status, headers, text = get_text(fleet.port, path)
         worker = headers.get("x-fleet-worker") or str(json.loads(text)["worker"])
         assert body is None or text == body, f"worker {worker} answered {path} with {status} {text[:80]!r}"
         return worker, status
@@ -220,7 +225,7 @@ class Traffic:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                status, _, body = http_get(self.port, "/", timeout=self.timeout)
+                status, _, body = get_text(self.port, "/", timeout=self.timeout)
             except (OSError, http.client.HTTPException) as error:
                 self.failures.append(f"{type(error).__name__}: {error}")
                 continue
@@ -241,25 +246,3 @@ class Traffic:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=self.timeout + 15)
-
-
-_TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
-               "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN",
-               "0B": "CLOSING"}  # fmt: skip
-
-
-def server_connections(port: int) -> Counter[str]:
-    """Count the TCP sockets whose local port is ``port`` by state, LISTEN and TIME_WAIT left out.
-
-    Read from the host's /proc/net: the containers share its network namespace. What
-    is left once the clients have gone is what the fleet still holds (or has not yet
-    accepted) of them.
-    """
-    states: Counter[str] = Counter()
-    for name in ("tcp", "tcp6"):
-        with contextlib.suppress(FileNotFoundError):
-            for line in Path(f"/proc/net/{name}").read_text().splitlines()[1:]:
-                fields = line.split()
-                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] not in ("0A", "06"):
-                    states[_TCP_STATES.get(fields[3], fields[3])] += 1
-    return states

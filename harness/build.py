@@ -15,9 +15,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from .container import Container, E2EError, ensure_base_tree
+from harness.container import Container, E2EError, ensure_base_tree
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 SOURCE = "/root/fleet"
 BUILD_SECONDS = 900  # NOTE: apt fetches debhelper and lintian, then the build runs the unit tests.
 

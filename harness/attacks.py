@@ -1,4 +1,4 @@
-"""Hostile clients, and the measurements taken while they attack: for fleet's e2e suite.
+"""Hostile clients, and the measurements taken while they attack: for the e2e suite and the bench.
 
 Three parts, each usable alone against any HTTP server on 127.0.0.1:
 
@@ -35,18 +35,21 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .fleet import Fleet
+from harness.net import HOST
 
-HOST = "127.0.0.1"
+if TYPE_CHECKING:
+    from harness.fleet import Fleet
+
 HELLO = b"Hello World!"
 
 # --- the test process's own limits -------------------------------------------------------
 
 
-def raise_open_files(wanted: int) -> int:
-    """Raise this process's RLIMIT_NOFILE towards ``wanted``; return the soft limit now in force."""
+def raise_open_files(wanted: int | None = None) -> int:
+    """Raise this process's RLIMIT_NOFILE towards ``wanted`` (None: the hard limit); the soft limit now."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if wanted is None:
+        wanted = hard
     if soft < wanted:
         target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         with contextlib.suppress(ValueError, OSError):
@@ -85,6 +88,22 @@ def request(method: str = "GET", path: str = "/", headers: str = "", body: bytes
     return f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\n{headers}\r\n".encode() + body
 
 
+# The classic shapes, as ``head`` and ``drip`` of an :class:`Attack`.
+#: slowloris: a request line, then a header byte a second (``SLOWLORIS_DRIP``), never the blank line
+SLOWLORIS_HEAD = f"GET / HTTP/1.1\r\nHost: {HOST}\r\n".encode()
+SLOWLORIS_DRIP = b"X-Slow: a\r\n"
+
+
+def slow_body(length: int, path: str = "/") -> bytes:
+    """The head of an upload of ``length`` bytes, whose body is then dripped (``drip=b"x"``)."""
+    return request("POST", path, f"Content-Type: application/octet-stream\r\nContent-Length: {length}\r\n")
+
+
+def many_headers(count: int) -> bytes:
+    """A GET carrying ``count`` headers (and ``Connection: close``), which a server must refuse."""
+    return request(headers="".join(f"X-Many-{i}: v\r\n" for i in range(count)) + "Connection: close\r\n")
+
+
 @dataclass
 class _Conn:
     sock: socket.socket
@@ -112,6 +131,11 @@ class HordeReport:
     errors: Counter[str] = field(default_factory=Counter)
     sent: int = 0
     received: int = 0
+
+    @property
+    def held(self) -> int:
+        """Connections still open when the attack ended."""
+        return sum(self.open_statuses.values())
 
     @property
     def longest_lived(self) -> float:
@@ -476,7 +500,7 @@ class Probe:
         why = ""
         try:
             with socket.create_connection((HOST, self.port), timeout=self.timeout) as sock:
-                sock.sendall(f"GET {self.path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n".encode())
+                sock.sendall(request("GET", self.path, "Connection: close\r\n"))
                 raw = b""
                 while (left := deadline - time.monotonic()) > 0:
                     sock.settimeout(left)

@@ -1,8 +1,9 @@
-"""Processes the bench starts, and what /proc says about them: CPU time, memory, connections.
+"""Processes the harness starts, and what /proc says about any process: CPU time, memory, family.
 
-Every process is started through :class:`Launched` and recorded in :data:`STARTED`;
-:func:`stop_all` stops each by PID (and the descendants it had), also on Ctrl-C or an
-error, so no server outlives a run. Nothing is ever signalled by name.
+Every process the bench starts goes through :class:`Launched` and is recorded in
+:data:`STARTED`; :func:`stop_all` stops each by PID (and the descendants it had), also
+on Ctrl-C or an error, so no server outlives a run. Nothing is ever signalled by name:
+a process is named for good by its pid and start time (:class:`Proc`).
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -34,6 +35,11 @@ def start_time(pid: int) -> int | None:
     return None if fields[0] == "Z" else int(fields[19])
 
 
+def process_matches(pid: int, started: int) -> bool:
+    """Tell whether ``pid`` is still the process that started at ``started`` (clock ticks)."""
+    return start_time(pid) == started
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of one process (all its threads), or 0.0 once it is gone."""
     try:
@@ -43,28 +49,36 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def _field(path: str, name: str) -> str:
+    """The value of ``name:`` in a /proc file of ``Name: value`` lines; "" if it or the file is gone."""
+    with contextlib.suppress(OSError):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(name + ":"):
+                return line.split(":", 1)[1]
+    return ""
+
+
+def status_field(pid: int, name: str) -> str:
+    """One field of /proc/PID/status (``NSpid``, ``VmRSS``...), unparsed; "" once the process is gone."""
+    return _field(f"/proc/{pid}/status", name)
+
+
+def _kib_bytes(value: str) -> int:
+    return int(value.split()[0]) * 1024 if value.strip() else 0
+
+
 def rss_bytes(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    """Resident set size (VmRSS), or 0 once the process is gone."""
+    return _kib_bytes(status_field(pid, "VmRSS"))
 
 
 def pss_bytes(pid: int) -> int:
     """Proportional set size: shared pages (the interpreter, forked memory) split between sharers."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _kib_bytes(_field(f"/proc/{pid}/smaps_rollup", "Pss"))
 
 
 def children(pid: int) -> list[int]:
+    """The pids of ``pid``'s live children, from every thread's /proc children list."""
     found: list[int] = []
     with contextlib.suppress(OSError):
         for task in Path(f"/proc/{pid}/task").iterdir():
@@ -84,7 +98,13 @@ def descendants(pid: int) -> list[int]:
     return result
 
 
+def all_pids() -> list[int]:
+    """Every process on the machine (of this pid namespace), whoever started it."""
+    return [int(entry.name) for entry in Path("/proc").glob("[0-9]*")]
+
+
 def cmdline(pid: int) -> list[str]:
+    """The process's argv; [] once it is gone."""
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
     except OSError:
@@ -113,7 +133,11 @@ class Proc:
 
 
 class Launched:
-    """A process the bench started; :meth:`stop` ends it and every descendant, by PID."""
+    """A process the harness started; :meth:`stop` ends it and every descendant, by PID.
+
+    Its output (stdout and stderr) goes to ``log``, or with ``capture`` to a pipe that
+    :meth:`output` reads, or nowhere.
+    """
 
     def __init__(
         self,
@@ -121,13 +145,14 @@ class Launched:
         *,
         env: dict[str, str] | None = None,
         log: Path | None = None,
+        capture: bool = False,
         pass_fds: Sequence[int] = (),
         preexec_fn: Callable[[], object] | None = None,
         cwd: Path | None = None,
         session: bool = False,
     ) -> None:
-        out: IO[bytes] | int = open(log, "ab") if log else subprocess.DEVNULL
-        self.popen: subprocess.Popen[str] | subprocess.Popen[bytes] = subprocess.Popen(
+        out: IO[bytes] | int = open(log, "ab") if log else subprocess.PIPE if capture else subprocess.DEVNULL
+        self.popen: subprocess.Popen[Any] = subprocess.Popen(
             list(argv),
             env=env,
             stdin=subprocess.DEVNULL,
@@ -137,6 +162,7 @@ class Launched:
             preexec_fn=preexec_fn,
             cwd=cwd,
             start_new_session=session,
+            text=capture,
         )
         if not isinstance(out, int):
             out.close()
@@ -146,6 +172,11 @@ class Launched:
 
     def running(self) -> bool:
         return self.popen.poll() is None
+
+    def output(self, timeout: float) -> str:
+        """Wait up to ``timeout`` seconds for the process to end; what it printed (``capture``)."""
+        out, _ = self.popen.communicate(timeout=timeout)
+        return out or ""
 
     def tree(self) -> list[int]:
         """The process and its live descendants (each remembered, so stop() finds orphans too)."""
@@ -192,35 +223,3 @@ def stop_on_signals() -> None:
     """Turn SIGTERM/SIGHUP into KeyboardInterrupt, so the run's ``finally`` stops everything."""
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupt)
-
-
-# -- connections ---------------------------------------------------------------------------
-
-
-def _socket_inodes(pid: int) -> set[int]:
-    inodes: set[int] = set()
-    with contextlib.suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("socket:["):
-                    inodes.add(int(target[8:-1]))
-    return inodes
-
-
-def established_on(port: int) -> set[int]:
-    """Inodes of ESTABLISHED TCP sockets whose local port is ``port`` (the server's ends)."""
-    inodes: set[int] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                f = line.split()
-                if f[3] == "01" and int(f[1].rsplit(":", 1)[1], 16) == port:
-                    inodes.add(int(f[9]))
-    return inodes
-
-
-def connections(pids: Iterable[int], port: int) -> dict[int, int]:
-    """How many established connections on ``port`` each process holds open."""
-    live = established_on(port)
-    return {pid: len(_socket_inodes(pid) & live) for pid in pids}

@@ -1,4 +1,4 @@
-"""Boot a real systemd in a throwaway Debian 12 or 13 container, for fleet's end-to-end tests.
+"""Boot a real systemd in a throwaway Debian 12 or 13 container: e2e tests, ``make try``, the bench.
 
 fleet is a set of systemd units plus a Debian package; the only honest test is a real
 systemd as PID 1 installing the real ``.deb``. This module builds a root tree per Debian
@@ -19,14 +19,12 @@ import atexit
 import contextlib
 import fcntl
 import hashlib
-import http.client
 import json
 import os
 import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO
+
+from harness.procs import all_pids, children, cmdline, process_matches, start_time, status_field
 
 # The Debian releases fleet supports: 12 (oldstable) and 13 (stable).
 SUITES = {"bookworm": "Debian 12", "trixie": "Debian 13"}
@@ -307,13 +307,12 @@ def _prepare_tree(tree: Path, recipe: Recipe) -> None:
 
 def _running_nspawn_values(option: str) -> set[str]:
     """Return the values of ``--option=`` of every running systemd-nspawn, whoever started it."""
-    prefix = f"--{option}=".encode()
+    prefix = f"--{option}="
     values = set()
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        with contextlib.suppress(OSError):
-            args = cmdline.read_bytes().split(b"\0")
-            if any(arg.endswith(b"systemd-nspawn") for arg in args):
-                values |= {a.removeprefix(prefix).decode() for a in args if a.startswith(prefix)}
+    for pid in all_pids():
+        args = cmdline(pid)
+        if any(arg.endswith("systemd-nspawn") for arg in args):
+            values |= {a.removeprefix(prefix) for a in args if a.startswith(prefix)}
     return values
 
 
@@ -613,8 +612,8 @@ class Container:
         """
         while time.monotonic() < deadline:
             self._check_nspawn()
-            for child in _children(self.nspawn_pid):
-                nspid = _status_field(child, "NSpid").split()
+            for child in children(self.nspawn_pid):
+                nspid = status_field(child, "NSpid").split()
                 if len(nspid) > 1 and nspid[-1] == "1":
                     return child
             time.sleep(0.02)
@@ -780,84 +779,13 @@ class Container:
         ]  # fmt: skip
 
 
-# --- the network (shared with the host) ------------------------------------------------
-
-
-def free_port() -> int:
-    """Return a TCP port free on 127.0.0.1 right now (containers share the host network)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def port_is_free(port: int) -> bool:
-    """Tell whether nothing on the host holds ``port`` on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def http_get(port: int, path: str = "/", timeout: float = 5) -> tuple[int, dict[str, str], str]:
-    """GET ``http://127.0.0.1:port/path``; return status, lower-cased headers and body."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        body = response.read().decode("utf-8", errors="replace")
-        headers = {name.lower(): value for name, value in response.getheaders()}
-        return response.status, headers, body
-    finally:
-        conn.close()
-
-
 # --- small helpers ---------------------------------------------------------------------
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-                found += [int(p) for p in (task / "children").read_text().split()]
-    return found
-
-
-def _status_field(pid: int, name: str) -> str:
-    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(name + ":"):
-                return line.split(":", 1)[1]
-    return ""
-
-
-def start_time(pid: int) -> int | None:
-    """Return a process's start time in clock ticks, or None if it is gone or a zombie.
-
-    NOTE: (pid, start time) names a process for good; a pid alone may be reused.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":
-        return None
-    return int(fields[19])
 
 
 def newest_deb(dist: Path) -> Path | None:
     """Return the most recently built ``fleet_*_all.deb`` in ``dist``, if any."""
     debs = sorted(dist.glob("fleet_*_all.deb"), key=lambda p: p.stat().st_mtime)
     return debs[-1] if debs else None
-
-
-def process_matches(pid: int, started: int) -> bool:
-    """Tell whether ``pid`` is still the process that started at ``started`` (clock ticks)."""
-    return start_time(pid) == started
 
 
 def _prune_logs(logs: Path) -> None:
