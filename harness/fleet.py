@@ -211,28 +211,47 @@ class Traffic:
 
     A failure is anything but fleet's ``200 Hello World!``: an error, a timeout (after
     ``timeout`` seconds), another status or another body. Use it around an operation
-    that must not lose a request.
+    that must not lose a request. Another app's page: ``fetch`` (given the timeout,
+    returns status and body) and ``good`` (accepts the body) say what and how.
     """
 
-    def __init__(self, port: int, timeout: float = 5) -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        timeout: float = 5,
+        *,
+        fetch: Callable[[float], tuple[int, str]] | None = None,
+        good: Callable[[str], bool] = lambda body: body == HELLO,
+        name: str = "GET /",
+    ) -> None:
         self.port = port
         self.timeout = timeout
+        self.fetch = fetch or self._get_root
+        self.good = good
+        self.name = name
         self.ok = 0
         self.failures: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _get_root(self, timeout: float) -> tuple[int, str]:
+        status, _, body = get_text(self.port, "/", timeout=timeout)
+        return status, body
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                status, _, body = get_text(self.port, "/", timeout=self.timeout)
+                status, body = self.fetch(self.timeout)
             except (OSError, http.client.HTTPException) as error:
                 self.failures.append(f"{type(error).__name__}: {error}")
                 continue
-            if (status, body) == (200, HELLO):
+            if status == 200 and self.good(body):
                 self.ok += 1
             else:
                 self.failures.append(f"{status} {body[:80]!r}")
+
+    def report(self) -> str:
+        return f"{self.name}: {self.ok} ok, {len(self.failures)} failed {self.failures[:3]}"
 
     def wait_answered(self, count: int = 3, timeout: float = 30) -> None:
         """Wait until ``count`` more requests have been answered: the traffic runs, now."""

@@ -15,6 +15,7 @@ installs into them from wheels downloaded on the host for the box's Python.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -22,14 +23,13 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from harness.container import Container
-from harness.fleet import FLEETCTL_TIMEOUT, HELLO, Fleet, install_fleet, instances, wait_for
+from harness.fleet import FLEETCTL_TIMEOUT, HELLO, Fleet, Traffic, install_fleet, instances, wait_for
 from harness.http import get_text
 from harness.net import free_port
 
@@ -97,40 +97,9 @@ class Client:
             conn.close()
 
 
-class Load:
-    """GET an app's page in a loop from a thread; count what failed (an error, a timeout, a wrong page)."""
-
-    def __init__(self, name: str, client: Client, path: str, good: Callable[[str], bool]) -> None:
-        self.name, self.client, self.path, self.good = name, client, path, good
-        self.ok = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                status, body = self.client.get(self.path, timeout=15)
-            except (OSError, http.client.HTTPException) as error:
-                self.failures.append(f"{type(error).__name__}: {error}")
-                continue
-            if status == 200 and self.good(body):
-                self.ok += 1
-            else:
-                self.failures.append(f"{status} {body[:80]!r}")
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        target = 3
-        wait_for(lambda: self.ok, lambda ok: ok >= target, 60, f"{self.name} answering", every=0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def report(self) -> str:
-        return f"{self.name}: {self.ok} ok, {len(self.failures)} failed {self.failures[:3]}"
+def traffic(name: str, client: Client, path: str, good: Callable[[str], bool]) -> Traffic:
+    """GETs of one app's page in a loop (see harness.fleet.Traffic), with a longer timeout."""
+    return Traffic(timeout=15, fetch=lambda timeout: client.get(path, timeout), good=good, name=name)
 
 
 class Host:
@@ -144,12 +113,23 @@ class Host:
     def fleetctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.box.run("fleetctl", *args, check=check, timeout=FLEETCTL_TIMEOUT)
 
-    def loads(self) -> dict[str, Load]:
+    def loads(self) -> dict[str, Traffic]:
+        blog = Client(unix=self.blog_socket)
         return {
-            "default": Load("default", Client(self.fleet.port), "/", lambda body: body == HELLO),
-            "shop": Load("shop", Client(self.shop_port), "/admin/login/", lambda body: "Django" in body),
-            "blog": Load("blog", Client(unix=self.blog_socket), "/", lambda body: body.startswith("blog:")),
+            "default": traffic("default", Client(self.fleet.port), "/", lambda body: body == HELLO),
+            "shop": traffic("shop", Client(self.shop_port), "/admin/login/", lambda body: "Django" in body),
+            "blog": traffic("blog", blog, "/", lambda body: body.startswith("blog:")),
         }
+
+    @contextlib.contextmanager
+    def under_load(self, *names: str) -> Iterator[dict[str, Traffic]]:
+        """Load on the apps named, each seen answering before the body runs."""
+        loads = {name: load for name, load in self.loads().items() if name in names}
+        with contextlib.ExitStack() as stack:
+            for load in loads.values():
+                stack.enter_context(load)
+                load.wait_answered(3, timeout=60)
+            yield loads
 
     def pids(self, worker_glob: str) -> dict[str, int]:
         out = self.box.run("systemctl", "show", "--state=active", "--property=Id", "--property=MainPID",
@@ -240,7 +220,7 @@ def test_three_apps_serve_side_by_side_each_from_its_own_venv(host: Host) -> Non
         assert m and float(m.group(1)) <= 2.0, f"{unit}'s sandbox weakened:\n{security}"
 
 
-def _others_untouched(loads: dict[str, Load], target: str, what: str) -> None:
+def _others_untouched(loads: dict[str, Traffic], target: str, what: str) -> None:
     for name, load in loads.items():
         if name != target:
             assert load.failures == [], f"{what} of {target} reached {load.report()}"
@@ -248,8 +228,7 @@ def _others_untouched(loads: dict[str, Load], target: str, what: str) -> None:
 
 
 def test_one_apps_scale_restart_kills_and_broken_import_never_reach_the_others(host: Host) -> None:
-    loads = host.loads()
-    with loads["default"], loads["shop"], loads["blog"]:
+    with host.under_load("default", "shop", "blog") as loads:
         host.fleetctl("scale", "shop", "3")
         host.fleetctl("scale", "shop", "2")
         host.fleetctl("restart", "shop")
@@ -264,8 +243,7 @@ def test_one_apps_scale_restart_kills_and_broken_import_never_reach_the_others(h
                  30, "shop's workers replaced after kill -9")  # fmt: skip
         _others_untouched(loads, "shop", "kill -9 of every worker")
 
-    loads = host.loads()
-    with loads["default"], loads["shop"]:
+    with host.under_load("default", "shop") as loads:
         host.box.sh("sed -i 's/^FLEET_APP=.*/FLEET_APP=blog_gone:app/' /etc/fleet/apps/blog.conf")
         broken = host.fleetctl("restart", "blog", check=False)
         assert broken.returncode == 1
@@ -285,8 +263,7 @@ def test_one_apps_scale_restart_kills_and_broken_import_never_reach_the_others(h
 def test_a_package_upgrade_restarts_every_app_and_loses_nothing(host: Host, newer_deb: Path) -> None:
     globs = ("fleet-worker@*.service", "fleet-shop-worker@*.service", "fleet-blog-worker@*.service")
     before = {glob: host.pids(glob) for glob in globs}
-    loads = host.loads()
-    with loads["default"], loads["shop"], loads["blog"]:
+    with host.under_load("default", "shop", "blog") as loads:
         host.box.install_deb(newer_deb)
     for load in loads.values():
         assert load.failures == [], f"the upgrade lost requests: {load.report()}"
@@ -300,8 +277,7 @@ def test_a_package_upgrade_restarts_every_app_and_loses_nothing(host: Host, newe
 def test_removing_an_apps_file_takes_only_that_app_down(host: Host) -> None:
     host.box.run("mv", "/etc/fleet/apps/blog.conf", "/root/blog.conf")
     try:
-        loads = host.loads()
-        with loads["default"], loads["shop"]:
+        with host.under_load("default", "shop") as loads:
             applied = host.fleetctl("apply")
             assert "blog: its config is gone; stopping... stopped" in applied.stdout, applied.stdout
             _others_untouched(loads, "blog", "removing the app")
