@@ -167,6 +167,12 @@ def socket_failure(state: FleetState) -> list[str]:
         by = ", ".join(map(str, taken.holders)) or "a process not visible here (as root, fleetctl names it)"
         lines.append(f"{sock.unit} cannot listen: port {taken.port} is taken by {by}.")
     example = 8081 if any(t.port == 8080 for t in sock.taken) else 8080
+    if not state.app.is_default:
+        return [
+            *lines,
+            f"fix: stop that program, or set FLEET_LISTEN in {state.app.config} to a free address "
+            f"(e.g. 127.0.0.1:{example}), then: sudo fleetctl apply",
+        ]
     return [
         *lines,
         "fix: stop that program, or move fleet to a free port with a drop-in, then restart the socket:",

@@ -291,6 +291,24 @@ def test_removing_an_apps_file_takes_only_that_app_down(host: Host) -> None:
     assert Client(unix=host.blog_socket).get()[0] == 200
 
 
+def test_an_app_given_a_taken_port_fails_alone(host: Host) -> None:
+    """The default app's port, which no app file names (it is in a drop-in): apply starts it and fails."""
+    host.fleetctl("new", "clash", "--listen", f"127.0.0.1:{host.fleet.port}", "--module", "fleet.app:app",
+                  "--workers", "1")  # fmt: skip
+    try:
+        with host.under_load("default", "shop", "blog") as loads:
+            applied = host.fleetctl("apply", check=False)
+            assert applied.returncode == 1, applied.stdout
+            assert "clash: failed" in applied.stdout and "blog: unchanged" in applied.stdout, applied.stdout
+            _others_untouched(loads, "clash", "a socket that cannot bind")
+        status = host.fleetctl("status", "clash").stdout
+        assert f"cannot listen: port {host.fleet.port} is taken by" in status, status
+        assert "set FLEET_LISTEN in /etc/fleet/apps/clash.conf to a free address" in status, status
+    finally:
+        host.box.run("rm", "/etc/fleet/apps/clash.conf")
+        host.fleetctl("apply")
+
+
 def test_purge_leaves_no_app_unit_or_state_and_keeps_the_operators_files(host: Host) -> None:
     """Last: it removes the package. The apps' files are the administrator's, so they stay."""
     box = host.box
