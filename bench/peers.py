@@ -385,8 +385,8 @@ class UWSGI(LaunchedPeer):
 class FleetBare(Peer):
     """fleet by hand: N fleet-worker processes sharing one listening socket passed as fd 3.
 
-    The bench plays systemd's part: it holds the socket (Backlog=4096, NoDelay=yes as in
-    fleet.socket), starts each worker with LISTEN_FDS=1 and its own LISTEN_PID, and
+    The bench plays systemd's part: it holds the socket (Backlog=4096, NoDelay=yes,
+    DeferAcceptSec=5 as in fleet.socket), starts each worker with LISTEN_FDS=1 and its own LISTEN_PID, and
     restarts a worker that dies at once (the unit's RestartSec=0).
     """
 
@@ -405,6 +405,7 @@ class FleetBare(Peer):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 5)  # DeferAcceptSec=5
         sock.bind(("127.0.0.1", self.port))
         sock.listen(4096)
         self.sock = sock
