@@ -22,6 +22,7 @@ import itertools
 import logging
 import os
 import re
+import select
 import signal
 import socket
 import threading
@@ -76,11 +77,16 @@ COOLDOWN_MAX = 30.0
 COOLDOWN_RESET = 5.0
 # Connections accepted in one poll pass, at most, while the gate stays open.
 ACCEPT_BATCH = 16
-# A worker with no thread free leaves new connections to its siblings; one
-# still waiting after this long has found no idle sibling, and a worker that
-# is getting through its requests takes it (one per GATE_PATIENCE), so no
-# connection waits in the kernel for as long as the fleet stays busy.
-GATE_PATIENCE = 0.005
+# A worker with no thread free leaves new connections to its siblings; one it
+# has seen waiting in the kernel's queue for GATE_PATIENCE, plus
+# GATE_PATIENCE_PER_CONNECTION for each connection the worker holds, has found
+# no idle sibling, and a worker that is getting through its requests takes it
+# (one per patience), so no connection waits in the kernel for as long as the
+# fleet stays busy. The less a worker holds, the sooner it takes one: busy
+# workers share new connections evenly instead of by who polls first.
+GATE_PATIENCE = 0.001
+GATE_PATIENCE_PER_CONNECTION = 0.0002
+GATE_PATIENCE_MAX = 0.02
 # How often the connection deadlines are checked.
 SWEEP_EVERY = 0.5
 REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
@@ -607,6 +613,7 @@ class FleetServer:
         self.limit = settings.connection_limit
         self.closed_since = 0.0  # loop thread: when the gate last closed for want of a thread; 0: open
         self.done_when_closed = 0  # loop thread: requests_done then
+        self.waiting_since = 0.0  # loop thread: when the closed gate first saw a connection waiting; 0: none
         adjustments: dict[str, Any] = dict(
             threads=max(1, settings.threads),
             # NOTE: fleet's gate enforces the limit, by closing idle connections
@@ -670,6 +677,11 @@ class FleetServer:
             elif self.hybrid:
                 listener.pull_trigger = self._wake_from_pool(listener.pull_trigger)
         self.trigger = self.listeners[0].trigger
+        # NOTE: looked at only while the gate is closed, when the event loop's
+        # own poll leaves the listening sockets out.
+        self.queues = select.poll()
+        for listener in self.listeners:
+            self.queues.register(listener.socket.fileno(), select.POLLIN)
         self.signal_pipe = _SignalPipe(self.map)
         self._not_channels = len(self.map)  # listeners, their triggers, the signal pipe
 
@@ -704,8 +716,9 @@ class FleetServer:
         shared kernel queue, they go to whichever worker can take them. Only
         requests count: a connection that sends nothing (a preconnect, a port
         scan, an idle keep-alive) never closes the gate. When every worker is
-        busy, a connection waiting GATE_PATIENCE goes to a worker that is
-        getting through its requests, never to one whose threads are stuck.
+        busy, a connection this worker has seen waiting for its patience
+        (longer the more connections it holds) goes to it if it is getting
+        through its requests, never if its threads are stuck.
         """
         def gated() -> bool:
             # NOTE: readable() also runs waitress's idle-connection maintenance: call it first.
@@ -714,11 +727,25 @@ class FleetServer:
         return gated
 
     def _patience_over(self) -> bool:
+        """Whether a connection has waited this worker's patience, since the gate closed or took one.
+
+        Counted from when the connection was first seen waiting: from when the
+        gate closed, a worker that has not taken one for a while would take the
+        next at once, before a sibling with fewer connections could.
+        """
         now = time.monotonic()
         if not self.closed_since:
             self._close_gate(now)
             return False
-        return now - self.closed_since >= GATE_PATIENCE and self.requests_done != self.done_when_closed
+        if not self.queues.poll(0):
+            self.waiting_since = 0.0
+            return False
+        if not self.waiting_since:
+            self.waiting_since = now
+        held = len(self.map) - self._not_channels
+        patience = min(GATE_PATIENCE_MAX, GATE_PATIENCE + GATE_PATIENCE_PER_CONNECTION * held)
+        return (now - max(self.waiting_since, self.closed_since) >= patience
+                and self.requests_done != self.done_when_closed)
 
     def _close_gate(self, now: float) -> None:
         self.closed_since = now
