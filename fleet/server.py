@@ -77,13 +77,14 @@ COOLDOWN_MAX = 30.0
 COOLDOWN_RESET = 5.0
 # Connections accepted in one poll pass, at most, while the gate stays open.
 ACCEPT_BATCH = 16
-# A worker with no thread free leaves new connections to its siblings; one it
-# has seen waiting in the kernel's queue for GATE_PATIENCE, plus
-# GATE_PATIENCE_PER_CONNECTION for each connection the worker holds, has found
-# no idle sibling, and a worker that is getting through its requests takes it
-# (one per patience), so no connection waits in the kernel for as long as the
-# fleet stays busy. The less a worker holds, the sooner it takes one: busy
-# workers share new connections evenly instead of by who polls first.
+# A worker with no thread free leaves new connections to its siblings; one
+# waiting in the kernel's queue for GATE_PATIENCE, plus
+# GATE_PATIENCE_PER_CONNECTION for each connection the worker holds, since the
+# worker last saw the queue empty has found no idle sibling, and a worker that
+# is getting through its requests takes it (one per patience), so no
+# connection waits in the kernel for as long as the fleet stays busy. The less
+# a worker holds, the sooner it takes one: busy workers share new connections
+# evenly instead of by who polls first.
 GATE_PATIENCE = 0.001
 GATE_PATIENCE_PER_CONNECTION = 0.0002
 GATE_PATIENCE_MAX = 0.02
@@ -613,7 +614,7 @@ class FleetServer:
         self.limit = settings.connection_limit
         self.closed_since = 0.0  # loop thread: when the gate last closed for want of a thread; 0: open
         self.done_when_closed = 0  # loop thread: requests_done then
-        self.waiting_since = 0.0  # loop thread: when the closed gate first saw a connection waiting; 0: none
+        self.seen_empty = 0.0  # loop thread: when the gate last saw no connection waiting for it
         adjustments: dict[str, Any] = dict(
             threads=max(1, settings.threads),
             # NOTE: fleet's gate enforces the limit, by closing idle connections
@@ -722,29 +723,35 @@ class FleetServer:
         """
         def gated() -> bool:
             # NOTE: readable() also runs waitress's idle-connection maintenance: call it first.
-            return bool(readable()) and self._has_room() and (self._has_capacity() or self._patience_over())
+            if not (readable() and self._has_room()):
+                return False
+            if self._has_capacity():
+                self.seen_empty = time.monotonic()  # NOTE: whatever waits is accepted in this pass
+                return True
+            return self._patience_over()
 
         return gated
 
     def _patience_over(self) -> bool:
         """Whether a connection has waited this worker's patience, since the gate closed or took one.
 
-        Counted from when the connection was first seen waiting: from when the
-        gate closed, a worker that has not taken one for a while would take the
-        next at once, before a sibling with fewer connections could.
+        Counted from when the worker last saw the queue empty: from when the
+        gate closed, a worker that had not taken a connection for a while took
+        the next one at once, before a sibling holding fewer could. Not from
+        when it first saw the connection waiting either: under a flood, where
+        one pass takes longer than the patience, that costs every newcomer a
+        second pass.
         """
         now = time.monotonic()
         if not self.closed_since:
             self._close_gate(now)
             return False
         if not self.queues.poll(0):
-            self.waiting_since = 0.0
+            self.seen_empty = now
             return False
-        if not self.waiting_since:
-            self.waiting_since = now
         held = len(self.map) - self._not_channels
         patience = min(GATE_PATIENCE_MAX, GATE_PATIENCE + GATE_PATIENCE_PER_CONNECTION * held)
-        return (now - max(self.waiting_since, self.closed_since) >= patience
+        return (now - max(self.seen_empty, self.closed_since) >= patience
                 and self.requests_done != self.done_when_closed)
 
     def _close_gate(self, now: float) -> None:
