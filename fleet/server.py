@@ -81,10 +81,11 @@ ACCEPT_BATCH = 16
 # waiting in the kernel's queue for GATE_PATIENCE, plus
 # GATE_PATIENCE_PER_CONNECTION for each connection the worker holds, since the
 # worker last saw the queue empty has found no idle sibling, and a worker that
-# is getting through its requests takes it (one per patience), so no
-# connection waits in the kernel for as long as the fleet stays busy. The less
-# a worker holds, the sooner it takes one: busy workers share new connections
-# evenly instead of by who polls first.
+# is getting through its requests takes it (one per patience elapsed, so a
+# pass longer than the patience takes several), so no connection waits in the
+# kernel for as long as the fleet stays busy. The less a worker holds, the
+# sooner it takes one: busy workers share new connections evenly instead of by
+# who polls first.
 GATE_PATIENCE = 0.001
 GATE_PATIENCE_PER_CONNECTION = 0.0002
 GATE_PATIENCE_MAX = 0.02
@@ -615,6 +616,7 @@ class FleetServer:
         self.closed_since = 0.0  # loop thread: when the gate last closed for want of a thread; 0: open
         self.done_when_closed = 0  # loop thread: requests_done then
         self.seen_empty = 0.0  # loop thread: when the gate last saw no connection waiting for it
+        self.owed = 0  # loop thread: connections the patience let in this pass, not yet accepted
         adjustments: dict[str, Any] = dict(
             threads=max(1, settings.threads),
             # NOTE: fleet's gate enforces the limit, by closing idle connections
@@ -727,6 +729,7 @@ class FleetServer:
                 return False
             if self._has_capacity():
                 self.seen_empty = time.monotonic()  # NOTE: whatever waits is accepted in this pass
+                self.owed = 0
                 return True
             return self._patience_over()
 
@@ -740,7 +743,10 @@ class FleetServer:
         the next one at once, before a sibling holding fewer could. Not from
         when it first saw the connection waiting either: under a flood, where
         one pass takes longer than the patience, that costs every newcomer a
-        second pass.
+        second pass. For the same reason it lets in one connection for each
+        patience elapsed, not one a pass: the 50 connections a flood opens
+        again at once would otherwise keep a newcomer queued behind them for
+        50 of a busy worker's long passes.
         """
         now = time.monotonic()
         if not self.closed_since:
@@ -751,8 +757,11 @@ class FleetServer:
             return False
         held = len(self.map) - self._not_channels
         patience = min(GATE_PATIENCE_MAX, GATE_PATIENCE + GATE_PATIENCE_PER_CONNECTION * held)
-        return (now - max(self.seen_empty, self.closed_since) >= patience
-                and self.requests_done != self.done_when_closed)
+        waited = now - max(self.seen_empty, self.closed_since)
+        if waited < patience or self.requests_done == self.done_when_closed:
+            return False
+        self.owed = min(ACCEPT_BATCH, int(waited / patience))
+        return True
 
     def _close_gate(self, now: float) -> None:
         self.closed_since = now
@@ -772,6 +781,9 @@ class FleetServer:
                 if self.accepted == before or not self._has_room():
                     return
                 if not self._has_capacity():
+                    self.owed -= 1
+                    if self.owed > 0:
+                        continue
                     self._close_gate(time.monotonic())  # NOTE: patience again before the next one
                     return
                 self.closed_since = 0.0

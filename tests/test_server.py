@@ -241,6 +241,9 @@ def test_a_busy_worker_takes_a_waiting_connection_after_its_patience_from_the_la
         assert not fleet._patience_over(), "waited less than the patience since the queue was seen empty"
         clock[0] += server.GATE_PATIENCE * 0.2
         assert fleet._patience_over(), "waited the patience of a worker holding nothing"
+        assert fleet.owed == 1, "one connection a patience"
+        clock[0] += server.GATE_PATIENCE * 4
+        assert fleet._patience_over() and fleet.owed == 5, "a long pass lets in one for each patience it took"
 
 
 def test_gate_patience_grows_with_the_connections_a_worker_holds(gated_server, monkeypatch):
