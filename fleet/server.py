@@ -94,7 +94,7 @@ class FleetServer:
                                    **adjustments)
         self.accounting = Accounting(settings.access_log, self.listeners.wake_loop)
         busy = self.accounting.busy
-        self.gate = Gate(self.loop, settings.threads, settings.connection_limit,
+        self.gate = Gate(self.loop, self.listeners.filenos(), settings.threads, settings.connection_limit,
                          working=lambda: self.dispatch.working(busy),
                          requests_done=lambda: self.accounting.requests_done)
         self.listeners.adapt(readable=self.gate.readable, accept=self.gate.accept_batch,
