@@ -370,8 +370,8 @@ class UWSGI(LaunchedPeer):
 class FleetBare(Peer):
     """fleet by hand: N fleet-worker processes sharing one listening socket passed as fd 3.
 
-    The bench plays systemd's part: it holds the socket (Backlog=4096, NoDelay=yes as in
-    fleet.socket), starts each worker with LISTEN_FDS=1 and its own LISTEN_PID, and
+    The bench plays systemd's part: it holds the socket (Backlog=4096, NoDelay=yes,
+    DeferAcceptSec=5 as in fleet.socket), starts each worker with LISTEN_FDS=1 and its own LISTEN_PID, and
     restarts a worker that dies at once (the unit's RestartSec=0).
     """
 
@@ -388,6 +388,7 @@ class FleetBare(Peer):
     def start(self) -> None:
         self.port = self.port or free_port()
         self.sock = listen(self.port, 4096, nodelay=True)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 5)  # DeferAcceptSec=5
         self._stopping = False
         for instance in range(1, self.workers_wanted + 1):
             self.slots[instance] = self._spawn(instance)

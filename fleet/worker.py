@@ -229,7 +229,7 @@ class Worker:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         if settings.max_requests:
-            server.recycle_limit = settings.max_requests + random.randint(0, settings.max_requests_jitter)
+            server.recycle_after(settings.max_requests + random.randint(0, settings.max_requests_jitter))
         server.start_accepting()
         threads = f"{settings.threads} threads" if settings.threads else "requests served inline"
         status = f"serving {' '.join(server.addresses)} with {threads}"
@@ -240,7 +240,7 @@ class Worker:
 
         while True:
             server.poll(TICK)
-            with server.loop_lock:
+            with server.holding_loop():
                 if self.housekeeping():
                     break
         return self.finish()
@@ -248,22 +248,22 @@ class Worker:
     def housekeeping(self) -> bool:
         """The pass between polls: act on signals, drain, health; True once it is time to exit.
 
-        Run by whichever thread holds the event loop (``server.loop_lock``).
+        Run by whichever thread holds the event loop (``server.holding_loop()``).
         """
         server, settings = self.server, self.settings
         now = time.monotonic()
-        if not server.draining:
+        if not server.is_draining():
             if self.stop_reason:
                 self.begin_drain(f"{self.stop_reason} received")
-            elif server.recycle_requested:
-                self.begin_drain(f"recycling after {server.requests_done} requests (FLEET_MAX_REQUESTS)")
-        if now < self.next_check and not server.draining:
+            elif server.recycle_due():
+                self.begin_drain(f"recycling after {server.requests_served()} requests (FLEET_MAX_REQUESTS)")
+        if now < self.next_check and not server.is_draining():
             return False
         self.next_check = now + TICK
         server.resume_inline(now)
         server.sweep(now)
         self.check_health(now)
-        if server.draining:
+        if server.is_draining():
             if server.close_idle() == 0:
                 log.info("stopped: drained in %.2fs", time.monotonic() - self.drain_started)
                 return True
@@ -291,8 +291,7 @@ class Worker:
     def begin_drain(self, reason: str) -> None:
         from fleet import systemd
 
-        self.server.stop_accepting()
-        self.server.draining = True
+        self.server.begin_drain()
         self.drain_started = time.monotonic()
         self.deadline = self.drain_started + self.settings.graceful_timeout
         log.info("draining: %s; no new connections, finishing requests in flight", reason)
@@ -317,10 +316,10 @@ class Worker:
                 self._report_hang(stuck)
             elif self.hung and not hung:
                 log.warning("recovered: threads are free again")
-                if not server.draining:
+                if not server.is_draining():
                     server.start_accepting()
             self.hung = hung
-        if settings.max_rss and not server.draining:
+        if settings.max_rss and not server.is_draining():
             rss = resident_bytes()
             if rss > settings.max_rss:
                 self.begin_drain(

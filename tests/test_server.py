@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -199,6 +200,80 @@ def test_at_the_connection_limit_the_longest_idle_connections_make_room(listener
     finally:
         for sock in idle:
             sock.close()
+
+
+# --- gate patience (in-process: the rule itself, with the clock and the load set by hand) ---
+
+
+@pytest.fixture
+def gated_server(monkeypatch):  # type: ignore[no-untyped-def]
+    """A FleetServer on a listening socket of its own, with its gate closed for want of a thread."""
+    from fleet import gate, server
+    from fleet.settings import Settings
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    fleet = server.FleetServer(lambda environ, start_response: [], [sock],
+                               Settings.from_env({"FLEET_THREADS": "1", "FLEET_INLINE_MAX": "0"}))
+    monkeypatch.setattr(fleet.gate, "has_capacity", lambda: False)
+    clock = [1000.0]
+    # NOTE: fleet.gate's own view of time only; wait_until and pytest keep the real clock.
+    fake = SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
+    fake.monotonic = lambda: clock[0]
+    monkeypatch.setattr(gate, "time", fake)
+    yield fleet, clock, sock.getsockname()[1]
+    fleet.shutdown()
+
+
+def test_a_busy_worker_takes_a_waiting_connection_after_its_patience_from_the_last_empty_look(gated_server):
+    from fleet import gate
+
+    fleet, clock, port = gated_server
+    assert not fleet.gate.patience_over(), "the gate just closed"
+    fleet.accounting.requests_done += 1  # NOTE: the worker is getting through its requests
+    clock[0] += 1.0
+    assert not fleet.gate.patience_over(), "nothing waits"
+    with connect(port) as newcomer:
+        newcomer.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        wait_until(lambda: bool(fleet.gate.queues.poll(0)), 5, "the connection in the listening queue")
+        clock[0] += gate.GATE_PATIENCE * 0.9
+        assert not fleet.gate.patience_over(), "waited less than the patience since the queue was seen empty"
+        clock[0] += gate.GATE_PATIENCE * 0.2
+        assert fleet.gate.patience_over(), "waited the patience of a worker holding nothing"
+        assert fleet.gate.owed == 1, "one connection a patience"
+        clock[0] += gate.GATE_PATIENCE * 4
+        assert fleet.gate.patience_over() and fleet.gate.owed == 5, \
+            "a long pass lets in one for each patience it took"
+
+
+def test_gate_patience_grows_with_the_connections_a_worker_holds(gated_server, monkeypatch):
+    from fleet import gate
+
+    fleet, clock, port = gated_server
+    fleet.gate.patience_over()
+    fleet.accounting.requests_done += 1
+    monkeypatch.setattr(fleet.loop, "connections", lambda: 20)  # NOTE: as if it held 20
+    with connect(port) as newcomer:
+        newcomer.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        wait_until(lambda: bool(fleet.gate.queues.poll(0)), 5, "the connection in the listening queue")
+        clock[0] += 0.001
+        fleet.gate.seen_empty = fleet.gate.closed_since = clock[0]
+        patience = gate.GATE_PATIENCE + 20 * gate.GATE_PATIENCE_PER_CONNECTION
+        clock[0] += patience * 0.9
+        assert not fleet.gate.patience_over(), "a worker holding 20 connections waits longer"
+        clock[0] += patience * 0.2
+        assert fleet.gate.patience_over()
+
+
+def test_a_worker_whose_requests_do_not_progress_never_takes_a_waiting_connection(gated_server):
+    fleet, clock, port = gated_server
+    fleet.gate.patience_over()
+    with connect(port) as newcomer:
+        newcomer.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        wait_until(lambda: bool(fleet.gate.queues.poll(0)), 5, "the connection in the listening queue")
+        clock[0] += 10.0
+        assert not fleet.gate.patience_over(), "its threads are stuck: a sibling or nobody"
 
 
 # --- deadlines --------------------------------------------------------------------------

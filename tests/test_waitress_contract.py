@@ -1,18 +1,23 @@
-"""What fleet/server.py needs from waitress beyond its public API, checked on real objects.
+"""What fleet/waitress_api.py needs from waitress beyond its public API, checked on real objects.
 
 fleet adapts waitress to a shared socket, a drain, deadlines and an inline
-dispatch; doing so it uses names waitress does not promise to keep. Each is
-listed here with why fleet needs it, so a waitress release that moves one
-fails this test with a message naming it, instead of failing a worker in
-production. ``make unit`` runs it against Debian's waitress, ``make pypi``
-against the newest release.
+dispatch; doing so it uses names waitress does not promise to keep, all of
+them in fleet/waitress_api.py, the one module of fleet that imports waitress.
+Each is listed here with why fleet needs it, so a waitress release that moves
+one fails this test with a message naming it, instead of failing a worker in
+production; then the module's own API is run on real waitress objects.
+``make unit`` runs it against Debian's waitress, ``make pypi`` against the
+newest release.
 """
 
 from __future__ import annotations
 
+import ast
 import inspect
 import socket
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +28,10 @@ from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import BaseWSGIServer
 from waitress.task import ThreadedTaskDispatcher, WSGITask
 from waitress.utilities import RequestHeaderFieldsTooLarge
+
+from fleet import waitress_api
+
+WHERE = "fleet/waitress_api.py"
 
 PARAMETERS = {
     waitress.create_server: {"map": "to share one event loop map between IP and UNIX sockets",
@@ -50,9 +59,10 @@ CLASS_ATTRIBUTES = {
 INSTANCE_ATTRIBUTES = {
     "channel": ("request", "requests", "total_outbufs_len", "will_close", "close_when_flushed",
                 "last_activity", "creation_time", "socket", "server", "addr"),
-    "listener": ("trigger", "adj"),
+    "listener": ("trigger", "adj", "socket"),
     "dispatcher": ("queue",),
-    "parser": ("headers_finished", "body_bytes_received", "completed", "error", "command", "headers"),
+    "parser": ("headers_finished", "body_bytes_received", "completed", "error", "command", "headers",
+               "path", "version"),
     "task": ("wrote_header", "complete", "content_length", "chunked_response",
              "content_bytes_written", "request", "channel", "status", "response_headers"),
 }
@@ -96,14 +106,14 @@ def test_functions_take_the_parameters_fleet_passes(function: Any) -> None:
     have = inspect.signature(function).parameters
     for name, why in PARAMETERS[function].items():
         assert name in have, (f"waitress {version()}: {function.__qualname__}() lost its {name!r} "
-                              f"parameter, which fleet/server.py passes {why}".rstrip())
+                              f"parameter, which {WHERE} passes {why}".rstrip())
 
 
 @pytest.mark.parametrize("owner", list(CLASS_ATTRIBUTES), ids=lambda o: o.__name__)
 def test_classes_have_what_fleet_overrides_or_calls(owner: Any) -> None:
     for name, why in CLASS_ATTRIBUTES[owner].items():
         assert hasattr(owner, name), (f"waitress {version()}: {owner.__name__}.{name} is gone; "
-                                      f"fleet/server.py uses it {why}".rstrip())
+                                      f"{WHERE} uses it {why}".rstrip())
 
 
 @pytest.mark.parametrize("kind", list(INSTANCE_ATTRIBUTES))
@@ -111,7 +121,7 @@ def test_objects_keep_the_state_fleet_reads(objects: dict[str, Any], kind: str) 
     obj = objects[kind]
     for name in INSTANCE_ATTRIBUTES[kind]:
         assert hasattr(obj, name), (f"waitress {version()}: a {type(obj).__name__} has no {name!r}, "
-                                    f"which fleet/server.py reads")
+                                    f"which {WHERE} reads")
 
 
 ADJUSTMENTS = ("sockets", "threads", "connection_limit", "channel_timeout", "asyncore_use_poll", "ident",
@@ -138,3 +148,122 @@ def test_add_task_is_called_with_the_channel_from_received(objects: dict[str, An
     channel = objects["channel"]
     channel.received(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
     assert seen == [channel], f"waitress {version()}: received() no longer hands the channel to add_task()"
+
+
+# --- the boundary itself -------------------------------------------------------------------
+
+
+def test_only_waitress_api_imports_waitress() -> None:
+    package = Path(waitress_api.__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        if path.name == "waitress_api.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert name.split(".")[0] != "waitress", (
+                    f"{path.relative_to(package.parent)}:{node.lineno} imports {name}; "
+                    f"waitress is reached only through {WHERE}")
+
+
+class _Host:
+    """A stand-in for FleetServer: what waitress's objects, as fleet adapts them, report."""
+
+    instance = "t"
+
+    def __init__(self) -> None:
+        self.accepted: list[bool] = []
+        self.fresh_reads = 0
+        self.started: list[int] = []
+        self.finished: list[int] = []
+
+    def connection_accepted(self, fresh: bool) -> None:
+        self.accepted.append(fresh)
+
+    def fresh_read(self) -> None:
+        self.fresh_reads += 1
+
+    def request_started(self, thread: int) -> None:
+        self.started.append(thread)
+
+    def request_finished(self, thread: int, task: waitress_api.FleetTask) -> None:
+        self.finished.append(thread)
+
+    def ends_keepalive(self, channel: waitress_api.FleetChannel) -> bool:
+        return True
+
+
+@pytest.fixture
+def boundary() -> Iterator[dict[str, Any]]:
+    """fleet's API over waitress, on a real listening socket, and a connection it accepted."""
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(8)
+    loop = waitress_api.EventLoop()
+    pool = waitress_api.ThreadPool()
+    host = _Host()
+    wrapped: list[str] = []
+
+    def wrapper(name: str) -> Any:
+        def wrap(original: Any) -> Any:
+            wrapped.append(name)
+            return original
+        return wrap
+
+    listeners = waitress_api.Listeners(app, [listening], loop, pool, host, max_headers=5,
+                                       asyncore_use_poll=True)
+    listeners.adapt(readable=wrapper("readable"), accept=wrapper("accept"), wake=wrapper("wake"))
+    loop.seal()
+    listeners.set_accepting(True)
+    client = socket.create_connection(listening.getsockname(), timeout=5)
+    deadline = time.monotonic() + 5
+    while loop.connections() == 0 and time.monotonic() < deadline:
+        with loop.lock:
+            loop.poll_once(0.05)
+    yield {"loop": loop, "pool": pool, "host": host, "listeners": listeners, "wrapped": wrapped,
+           "client": client, "listening": listening}
+    client.close()
+    loop.close()
+
+
+def test_listeners_hand_connections_to_fleets_channel_and_take_its_hooks(boundary: dict[str, Any]) -> None:
+    assert boundary["wrapped"] == ["readable", "accept", "wake"], \
+        f"waitress {version()}: Listeners.adapt() no longer reaches the listener's hooks"
+    loop = boundary["loop"]
+    assert loop.connections() == 1, f"waitress {version()}: EventLoop.poll_once() accepted nothing"
+    channels = list(loop.channels())
+    assert len(channels) == 1 and isinstance(channels[0], waitress_api.FleetChannel), \
+        f"waitress {version()}: the listener's channel_class is not used for new connections"
+    assert boundary["host"].accepted == [False], "FleetChannel reports each accepted connection to its Host"
+    assert boundary["listeners"].filenos() == [boundary["listening"].fileno()]
+
+
+def test_fleet_channel_reads_waitress_state_under_fleets_names(boundary: dict[str, Any]) -> None:
+    loop = boundary["loop"]
+    boundary["client"].sendall(b"GET / HTTP/1.1\r\nHost: t\r\n")  # NOTE: a head still arriving
+    deadline = time.monotonic() + 5
+    channel = next(loop.channels())
+    while channel.arriving() is None and time.monotonic() < deadline:
+        with loop.lock:
+            loop.poll_once(0.05)
+    request = channel.arriving()
+    assert request is not None, f"waitress {version()}: the channel's request being read is not its .request"
+    assert channel.spoke and boundary["host"].fresh_reads == 0
+    assert not channel.head_complete(request) and channel.body_received(request) == 0
+    assert not channel.idle() and not channel.owes_response() and not channel.closing_after_response()
+    assert 0 < time.time() - channel.last_traffic() < 10 and 0 < time.time() - channel.opened() < 10
+    assert not channel.has_unread_bytes()
+    channel.time_out()
+    assert loop.connections() == 0
+    assert boundary["client"].recv(100).startswith(b"HTTP/1.1 408"), "time_out() answers 408"
+
+
+def test_thread_pool_takes_requests_through_add_task() -> None:
+    pool = waitress_api.ThreadPool()
+    taken: list[Any] = []
+    pool.to_pool = taken.append  # type: ignore[method-assign]
+    pool.add_task("task")
+    assert taken == ["task"] and pool.queued() == 0
+    pool.start_threads(1)
+    assert pool.stop(cancel_pending=True, timeout=1), f"waitress {version()}: the pool did not stop"

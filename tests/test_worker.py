@@ -543,7 +543,7 @@ def test_fleet_inline_max_0_hands_every_request_to_the_pool(listener, spawn):
 
 def test_a_body_over_waitress_output_bound_does_not_stall_the_loop_serving_it(listener, spawn):
     # NOTE: the client reads only after a second, so the 48 MiB pile up past
-    # waitress's 16 MiB bound; fleet spools them (fleet.server.OUTPUT_SPOOL)
+    # waitress's 16 MiB bound; fleet spools them (fleet.dispatch.OUTPUT_SPOOL)
     # rather than have the loop thread wait for a flush only it could do.
     worker = spawn(listener, FLEET_APP="tests.apps:shapes")
     worker.notify.wait_for("READY", "1")

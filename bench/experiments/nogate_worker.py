@@ -1,7 +1,7 @@
 """Prototype: fleet's worker without the accept gate (accept whenever waitress would).
 
-The working tree's FleetServer wraps each listener's ``readable()`` so a worker
-accepts only while a thread is free. This module undoes that, to compare both
+The working tree's Gate (fleet/gate.py) wraps each listener's ``readable()`` so
+a worker accepts only while a thread is free. This module undoes that, to compare both
 under kill -9 (``python3 -m bench.experiments.faults``).
 """
 
@@ -10,17 +10,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from fleet import server
+from fleet import gate
 from fleet.worker import main
 
 
-def _no_gate(self: server.FleetServer, readable: Callable[[], bool]) -> Callable[[], bool]:
+def _no_gate(self: gate.Gate, readable: Callable[[], bool]) -> Callable[[], bool]:
     return readable
 
 
 def install() -> None:
-    if hasattr(server.FleetServer, "_gate"):
-        server.FleetServer._gate = _no_gate  # type: ignore[method-assign]
+    gate.Gate.readable = _no_gate  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

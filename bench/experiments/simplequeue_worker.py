@@ -3,41 +3,29 @@
 waitress's ThreadedTaskDispatcher hands each request over with a
 ``threading.Condition`` (pure Python: ``notify`` walks the waiters, ``wait``
 allocates a lock per call), the top self-time entry in py-spy. This module
-swaps in a dispatcher whose put/get are C calls, to measure what that is worth
+swaps in a pool whose put/get are C calls for fleet's PoolDispatch
+(FLEET_INLINE_MAX=0), to measure what that is worth
 (``python3 -m bench.experiments.tune simplequeue``).
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import sys
 import threading
 from typing import Any
 
-from waitress.task import ThreadedTaskDispatcher
-
-from fleet import server
+from fleet import dispatch
 from fleet.worker import main
 
-
-class _Depth:
-    """``len()`` of the SimpleQueue, which the accept gate reads."""
-
-    def __init__(self, tasks: queue.SimpleQueue[Any]) -> None:
-        self.tasks = tasks
-
-    def __len__(self) -> int:
-        return self.tasks.qsize()
+log = logging.getLogger("fleet.worker")
 
 
-class SimpleQueueDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
-    def __init__(self) -> None:
-        super().__init__()
+class SimpleQueuePool(dispatch.PoolDispatch):
+    def start_threads(self, count: int) -> None:
         self.tasks: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.queue = _Depth(self.tasks)
         self.pool: list[threading.Thread] = []
-
-    def set_thread_count(self, count: int) -> None:
         for n in range(count):
             t = threading.Thread(target=self._serve, name=f"waitress-{n}", daemon=True)
             t.start()
@@ -49,12 +37,16 @@ class SimpleQueueDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
             try:
                 task.service()
             except BaseException:
-                self.logger.exception("Exception when servicing %r", task)
+                log.exception("Exception when servicing %r", task)
 
-    def add_task(self, task: Any) -> None:
+    def to_pool(self, task: Any) -> None:
         self.tasks.put(task)
 
-    def shutdown(self, cancel_pending: bool = True, timeout: float = 5) -> bool:
+    def queued(self) -> int:
+        """The SimpleQueue's depth, which the accept gate reads."""
+        return self.tasks.qsize()
+
+    def stop(self, cancel_pending: bool, timeout: float) -> bool:
         for _ in self.pool:
             self.tasks.put(None)
         for t in self.pool:
@@ -63,7 +55,7 @@ class SimpleQueueDispatcher(ThreadedTaskDispatcher):  # type: ignore[misc]
 
 
 def install() -> None:
-    server.ThreadedTaskDispatcher = SimpleQueueDispatcher  # type: ignore[misc]
+    dispatch.PoolDispatch = SimpleQueuePool  # type: ignore[misc]
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ baseline measured in the same round.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -68,6 +69,15 @@ SETS: dict[str, list[Variant]] = {
         BASE,
         Variant("FLEET_INLINE_MAX=0 (every request to a thread)", {"FLEET_INLINE_MAX": "0"}),
         Variant("FLEET_THREADS=0 (inline only)", {"FLEET_THREADS": "0"}),
+    ],
+    "gate": [
+        BASE,
+        Variant("0.1.0's worker (FLEET_TREE)", {"FLEET_TREE": os.environ.get("FLEET_TREE", "")},
+                module="bench.experiments.old_worker"),
+        Variant("gate patience off (prototype)", {"GATE_VARIANT": "off"},
+                module="bench.experiments.gate_worker"),
+        Variant("patience 5 ms from the gate closing (the previous gate)", {"GATE_VARIANT": "fixed:5"},
+                module="bench.experiments.gate_worker"),
     ],
     "inline": [
         BASE,

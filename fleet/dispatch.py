@@ -1,0 +1,403 @@
+"""Where a request is served once read: the dispatch strategies, one class each behind one interface.
+
+* :class:`InlineDispatch` (FLEET_THREADS=0): on the event-loop thread, after the poll pass.
+* :class:`PoolDispatch` (FLEET_INLINE_MAX=0): on waitress's thread pool.
+* :class:`HybridDispatch` (the default): on the loop while that costs nothing,
+  on the pool once a request waits or runs long (:class:`Relief`, :class:`LoopThread`).
+
+:func:`choose` picks one from the settings. Each is waitress's dispatcher (a
+:class:`fleet.waitress_api.ThreadPool`), so waitress hands it every request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from fleet.settings import Settings
+from fleet.waitress_api import EventLoop, ThreadPool
+
+log = logging.getLogger("fleet.worker")
+
+# A response the client does not read is spooled (past 1 MiB to a temporary
+# file) up to this much before the thread writing it waits for the client: a
+# client that never reads must not hold a thread.
+OUTPUT_SPOOL = 256 * 2**20
+# How often the relief thread looks at the request the event loop is serving
+# inline, and how long it polls in one pass while it holds the loop.
+RELIEF_CHECK = 0.002
+RELIEF_POLL = 0.005
+# The relief thread samples the loop thread while it serves requests: once at
+# least WAIT_SAMPLES samples found it inside a batch and WAIT_SHARE of them
+# found it asleep on I/O, or two samples in a row inside the same batch did,
+# requests that wait are being served one at a time, and the threads take over.
+WAIT_SAMPLES = 8
+WAIT_SHARE = 0.5
+# A batch that neither computes FLEET_INLINE_MAX nor is seen waiting on I/O
+# (a lock, a preempted thread) is stood in for after this many times it in
+# wall time, so the worker's other connections are never left unpolled long.
+WALL_LIMIT_FACTOR = 10
+# With no request served inline for this long, the relief thread sleeps until one is.
+RELIEF_IDLE = 0.2
+# After a request waited or ran long inline, requests go to the pool for a
+# while: COOLDOWN_MIN, doubled each time the loop tries again and requests
+# still wait within COOLDOWN_RESET of it, up to COOLDOWN_MAX. A one-off wait
+# costs a second of hand-offs; an app that waits is tried inline twice a minute.
+COOLDOWN_MIN = 1.0
+COOLDOWN_MAX = 30.0
+COOLDOWN_RESET = 5.0
+
+Housekeeping = Callable[[], None]
+
+
+class Dispatch(ThreadPool):
+    """The interface every strategy has; as is, it serves every request on the pool.
+
+    ``pending`` holds the requests the loop thread serves after its poll pass
+    (appended while waitress holds the channel's requests_lock, which
+    serving takes again); the loop thread reads it after each pass.
+    """
+
+    # NOTE: past this much buffered output, waitress's write_soon() waits for
+    # the event loop to flush (its outbuf_high_watermark).
+    output_limit = OUTPUT_SPOOL
+
+    def __init__(self, loop: EventLoop, threads: int) -> None:
+        super().__init__()
+        self.loop = loop
+        self.loop_thread = threading.get_ident()  # built by the loop thread
+        self.pending: deque[Any] = deque()
+        self.start_threads(threads)
+
+    def wake(self, pull_trigger: Callable[[], Any]) -> Callable[[], Any]:
+        """How a served request wakes the loop to send its response: waitress's trigger."""
+        return pull_trigger
+
+    def working(self, busy: dict[int, float]) -> int:
+        """Requests that hold a thread or wait for one; ``busy``: thread -> when its request began."""
+        return len(busy) + self.queued() + len(self.pending)
+
+    def stands_in(self) -> int | None:
+        """The thread whose long request another thread serves around (not stuck), if any."""
+        return self.loop_thread
+
+    def serve_pending(self) -> None:
+        """Serve what the last poll pass left for the loop thread. Loop thread, after the pass."""
+
+    def start(self, housekeeping: Housekeeping) -> None:
+        """The worker serves now; ``housekeeping`` is its pass between polls."""
+
+    def resume(self, now: float) -> None:
+        """Housekeeping: end a cool-down that is over. Called holding the loop's lock."""
+
+    def close(self) -> None:
+        """Stop serving: cancel what is queued, stop the threads."""
+        self.shutdown(cancel_pending=True, timeout=1)
+
+
+class PoolDispatch(Dispatch):
+    """FLEET_INLINE_MAX=0: waitress's way, every request to a pool thread."""
+
+
+class InlineDispatch(Dispatch):
+    """FLEET_THREADS=0: serve each request on the event-loop thread, after the poll pass that read it.
+
+    waitress hands every request to a pool thread (a lock, a condition
+    variable, the GIL changing hands) and the thread wakes the loop back
+    through a pipe. For an app that only computes, that is overhead: inline,
+    a worker runs one request at a time, like a gunicorn sync worker that keeps
+    connections alive. A request that waits on I/O stalls every connection of
+    its worker, so this suits apps that do not wait, with one worker per CPU.
+    """
+
+    # NOTE: past output_limit, write_soon() waits for the event loop to flush:
+    # inline, that is the loop waiting on itself. Unbounded, big bodies spill
+    # to a temporary file instead.
+    output_limit = 2**62
+
+    def start_threads(self, count: int) -> None:
+        pass  # no pool
+
+    def take(self, task: Any) -> None:
+        self.pending.append(task)
+
+    def wake(self, pull_trigger: Callable[[], Any]) -> Callable[[], Any]:
+        return lambda: None  # the loop polls again right after serving: no wake-up needed
+
+    def stands_in(self) -> int | None:
+        return None  # nobody: a long request holds the whole worker
+
+    def serve_pending(self) -> None:
+        pending = self.pending
+        while pending:
+            task = pending.popleft()
+            _serve(task)
+
+    def stop(self, cancel_pending: bool, timeout: float) -> bool:
+        self.pending.clear()
+        return True
+
+
+class HybridDispatch(Dispatch):
+    """The default: serve requests that only compute on the event loop, the rest on the pool.
+
+    Handing every request to a pool thread is most of a fast request's cost
+    (docs/benchmarks.md); serving it on the loop is not safe for a request
+    that waits, as the loop is every connection's and it would serve one
+    request at a time. So the loop serves what the last poll pass read, and
+    :class:`Relief` watches what that costs: once a request waits (its thread
+    neither runs nor is runnable) or runs long, the pool takes over for a
+    cool-down, after which the loop tries again. An app that waits is served
+    on the threads but for a few milliseconds every COOLDOWN_MAX.
+    """
+
+    # NOTE: past OUTPUT_SPOOL, a response served on the loop waits for its own
+    # flush: a request that waits, and the relief thread then flushes it.
+
+    def __init__(self, loop: EventLoop, threads: int, inline_max: float) -> None:
+        # Written by whoever hands over or resumes (the relief thread, or the
+        # loop thread holding the loop's lock); read by the loop thread.
+        self.inline = True  # False while relieved and during the cool-down
+        super().__init__(loop, threads)
+        self.relief = Relief(self, inline_max)
+
+    def take(self, task: Any) -> None:
+        if self.inline and threading.get_ident() == self.loop_thread:
+            self.pending.append(task)
+        else:
+            self.to_pool(task)
+
+    def wake(self, pull_trigger: Callable[[], Any]) -> Callable[[], Any]:
+        """Wake the loop when a pool thread finishes; the loop thread itself polls next anyway."""
+        loop_thread = self.loop_thread
+
+        def wake() -> None:
+            if threading.get_ident() != loop_thread:
+                pull_trigger()
+
+        return wake
+
+    def working(self, busy: dict[int, float]) -> int:
+        # NOTE: the loop thread's own request is stood in for by the relief thread.
+        return len(busy) - (self.loop_thread in busy) + self.queued() + len(self.pending)
+
+    def all_to_pool(self) -> int:
+        """Hand every request still waiting for the loop to the pool; return how many."""
+        moved = 0
+        while True:
+            try:
+                task = self.pending.popleft()
+            except IndexError:
+                return moved
+            self.to_pool(task)
+            moved += 1
+
+    def serve_pending(self) -> None:
+        pending, relief = self.pending, self.relief
+        relief.begin()
+        try:
+            while pending:
+                if not self.inline:
+                    self.all_to_pool()  # NOTE: the relief thread or the last batch handed over
+                    return
+                try:
+                    task = pending.popleft()
+                except IndexError:
+                    return  # the relief thread handed it to the pool
+                _serve(task)
+        finally:
+            relief.end()
+
+    def start(self, housekeeping: Housekeeping) -> None:
+        """Watch requests served on the loop; stand in for the loop when one waits or runs long.
+
+        ``housekeeping`` is the worker's pass between polls (watchdog, drain,
+        signals), run by the relief thread while it holds the loop.
+        """
+        self.relief.start(housekeeping)
+
+    def resume(self, now: float) -> None:
+        self.relief.resume(now)
+
+    def close(self) -> None:
+        self.relief.close()
+        super().close()
+
+    def stop(self, cancel_pending: bool, timeout: float) -> bool:
+        self.all_to_pool()
+        return super().stop(cancel_pending, timeout)
+
+
+def _serve(task: Any) -> None:
+    try:
+        task.service()
+    except Exception:
+        log.exception("Exception when servicing %r", task)
+
+
+def choose(loop: EventLoop, settings: Settings) -> Dispatch:
+    """The strategy the settings ask for."""
+    if settings.threads == 0:
+        return InlineDispatch(loop, 0)
+    if settings.inline_max > 0:
+        return HybridDispatch(loop, settings.threads, settings.inline_max)
+    return PoolDispatch(loop, settings.threads)
+
+
+class LoopThread:
+    """Whether the event-loop thread is asleep on I/O right now, as another thread sees it.
+
+    The kernel says where a sleeping thread waits (``/proc/.../wchan``): a
+    socket, a pipe, a timer are I/O that other requests could use the CPU
+    during; a futex is the GIL or a lock, which threads would not make
+    faster; a running or preempted thread has no wait channel. Where the
+    kernel does not tell, the thread's CPU clock between two looks is used
+    instead (a preempted thread then looks like a waiting one).
+    """
+
+    def __init__(self, thread_id: int, native_id: int) -> None:
+        self._clock = time.pthread_getcpuclockid(thread_id)
+        self._last = (0.0, 0.0)  # (wall, CPU) at the last look, for the fallback
+        self._wchan: int | None = None  # open for the worker's life, as the loop thread is
+        try:
+            self._wchan = os.open(f"/proc/self/task/{native_id}/wchan", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            pass
+
+    def asleep_on_io(self) -> bool:
+        if self._wchan is not None:
+            try:
+                where = os.pread(self._wchan, 64, 0)
+            except OSError:
+                where = b"0"
+            return where not in (b"", b"0") and b"futex" not in where
+        now, cpu = time.monotonic(), time.clock_gettime(self._clock)
+        (then, cpu_then), self._last = self._last, (now, cpu)
+        return now - then < 0.1 and cpu - cpu_then < WAIT_SHARE * (now - then)
+
+    def cpu(self) -> float:
+        """Seconds of CPU the thread has used."""
+        return time.clock_gettime(self._clock)
+
+
+class Relief:
+    """Watch what serving on the event loop costs; hand the loop's work to the pool when requests wait.
+
+    The loop thread serves each poll pass's requests as one batch and marks
+    it (:meth:`begin`, :meth:`end`: a clock read, nothing more, as this is
+    every fast request's path). A relief thread looks at the loop thread
+    every RELIEF_CHECK while it serves: asleep on I/O in two looks in a row
+    within one batch, or in WAIT_SHARE of WAIT_SAMPLES looks, the requests
+    wait and are served one at a time; the threads take over. A batch that
+    still waits, or that used FLEET_INLINE_MAX of CPU, is stood in for: the relief
+    thread takes the loop over, hands the requests queued behind to the pool
+    and runs the loop until the batch ends. Then the pool serves for a
+    cool-down (COOLDOWN_MIN up to COOLDOWN_MAX). The relief thread sleeps
+    while nothing is served inline, so an idle worker uses no CPU.
+    """
+
+    def __init__(self, hybrid: HybridDispatch, limit: float) -> None:
+        self.hybrid = hybrid
+        self.loop = hybrid.loop
+        self.limit = limit
+        # NOTE: built on the loop thread, so its native id is this thread's.
+        self.loop_thread = LoopThread(hybrid.loop_thread, threading.get_native_id())
+        self.active = threading.Event()  # set while the loop serves inline; cleared by the relief thread
+        self.closing = False  # set once by close(); read by the relief thread
+        self.since = 0.0  # loop thread writes, relief thread reads: when the batch began; 0: none
+        # Whoever hands over or resumes (the relief thread, or the loop thread holding the loop's lock):
+        self.resumes = 0.0  # when the loop serves inline again
+        self.resumed_at = 0.0
+        self.cooldown = COOLDOWN_MIN
+
+    def begin(self) -> None:
+        """The loop thread starts serving a batch."""
+        self.since = time.monotonic()
+        if not self.active.is_set():
+            self.active.set()
+
+    def end(self) -> None:
+        """The loop thread served its batch."""
+        self.since = 0.0
+
+    def hand_over(self, why: str) -> None:
+        now = time.monotonic()
+        recent = now - self.resumed_at < COOLDOWN_RESET
+        self.cooldown = min(COOLDOWN_MAX, self.cooldown * 2) if recent else COOLDOWN_MIN
+        self.hybrid.inline = False
+        self.resumes = now + self.cooldown
+        log.debug("serving on the threads for %gs: %s", self.cooldown, why)
+
+    def resume(self, now: float) -> None:
+        """End the cool-down: serve on the loop again. Called holding the loop's lock."""
+        if not self.hybrid.inline and now >= self.resumes:
+            self.hybrid.inline = True
+            self.resumed_at = now
+
+    def close(self) -> None:
+        self.closing = True
+        self.active.set()  # let the relief thread see closing
+
+    def start(self, housekeeping: Housekeeping) -> None:
+        threading.Thread(target=self._watch, args=(housekeeping,), name="fleet-relief", daemon=True).start()
+
+    def _watch(self, housekeeping: Housekeeping) -> None:
+        active, hybrid = self.active, self.hybrid
+        last_busy = time.monotonic()
+        looks = asleep = 0  # looks inside a batch, and how many found the loop thread asleep on I/O
+        last_asleep_in = 0.0  # the batch the last look found asleep in
+        watched = cpu_at_first_look = 0.0  # the batch being timed, and the loop's CPU clock then
+        while not self.closing:
+            active.wait()
+            time.sleep(RELIEF_CHECK)
+            since = self.since
+            now = time.monotonic()
+            if not since:
+                if now - last_busy >= RELIEF_IDLE:
+                    active.clear()
+                    if self.since:  # NOTE: begin() ran between the check and the clear
+                        active.set()
+                continue
+            last_busy = now
+            # NOTE: a batch begun before a hand-over is watched too: the loop
+            # thread serving it is not polling. Its CPU time counts from the
+            # first look at it, not its wall time: a thread preempted on a busy
+            # machine is not computing, and the threads would not serve faster.
+            cpu = self.loop_thread.cpu()
+            if since != watched:
+                watched, cpu_at_first_look = since, cpu
+            elif cpu - cpu_at_first_look >= self.limit or now - since >= WALL_LIMIT_FACTOR * self.limit:
+                ran = f"{(cpu - cpu_at_first_look) * 1000:.0f} ms of CPU in {(now - since) * 1000:.0f} ms"
+                self._relieve(since, housekeeping, f"a request ran {ran} on the loop")
+                continue
+            looks += 1
+            if self.loop_thread.asleep_on_io():
+                asleep += 1
+                if last_asleep_in == since and self.since == since:
+                    self._relieve(since, housekeeping, "a request waited on I/O")
+                    looks = asleep = 0
+                    last_asleep_in = 0.0
+                    continue
+                last_asleep_in = since
+            if looks >= WAIT_SAMPLES:
+                if asleep >= WAIT_SHARE * looks and hybrid.inline:
+                    self.hand_over(f"requests waited on I/O in {asleep} of {looks} looks")
+                looks = asleep = 0
+
+    def _relieve(self, since: float, housekeeping: Housekeeping, why: str) -> None:
+        loop = self.loop
+        with loop.lock:
+            if self.since != since:
+                return  # it finished while we waited for the loop
+            self.hand_over(why)
+            self.resumes = float("inf")  # not before this relief ends
+            self.hybrid.all_to_pool()
+            while self.since == since and not self.closing:
+                loop.poll_once(RELIEF_POLL)
+                housekeeping()
+            self.resumes = time.monotonic() + self.cooldown

@@ -1,0 +1,458 @@
+"""fleet's one boundary to waitress: every waitress name fleet uses, behind a small API.
+
+waitress has no API for what fleet does with it (a shared listening socket,
+an accept gate, a drain, deadlines, requests served on the event loop), so
+fleet uses names waitress does not promise to keep. They are all here, and
+only here: the rest of fleet imports this module, never ``waitress``.
+tests/test_waitress_contract.py checks each name against the installed
+waitress (2.1 and 3.x), and fails naming the one that moved.
+
+The API, by what it wraps:
+
+* :class:`EventLoop`: waitress's socket map and ``wasyncore.loop``: one poll
+  pass at a time, the connections in it, and the lock that says who runs it.
+* :class:`Listeners`: ``waitress.create_server`` on already-listening
+  sockets, and the hooks fleet sets on the listening servers (the accept gate,
+  the accept batch, how a finished request wakes the loop, accepting or not).
+* :class:`ThreadPool`: ``ThreadedTaskDispatcher``, with the hooks fleet's
+  dispatch strategies (fleet/dispatch.py) override.
+* :class:`FleetChannel`, :class:`FleetParser`, :class:`FleetTask`: waitress's
+  connection, request parser and request, as fleet adapts them; they report
+  to a :class:`Host` (the worker's FleetServer).
+* :class:`SignalPipe`: a ``wasyncore.file_dispatcher`` that wakes the loop on signals.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import waitress
+from waitress import wasyncore
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser, ParsingError
+from waitress.server import BaseWSGIServer
+from waitress.task import ThreadedTaskDispatcher, WSGITask
+from waitress.utilities import RequestHeaderFieldsTooLarge
+
+# Bodies up to this size are joined to their header for one send(); larger
+# ones are not worth the copy.
+ONE_SEND_MAX = 64 * 1024
+REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+                   b"Content-Type: text/plain\r\nContent-Length: 16\r\n\r\nRequest Timeout\n")
+_FRAMING_HEADER = re.compile(rb"^(content-length|transfer-encoding)[ \t]*:", re.I | re.M)
+_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 section 5.6.2: a token
+
+
+class Host(Protocol):
+    """What waitress's objects, as fleet adapts them, tell the worker and ask it (FleetServer)."""
+
+    instance: str
+
+    def connection_accepted(self, fresh: bool) -> None:
+        """A connection was accepted (loop thread); ``fresh``: it had bytes waiting."""
+
+    def fresh_read(self) -> None:
+        """A fresh connection's first bytes were read, or it closed before (loop thread)."""
+
+    def request_started(self, thread: int) -> None:
+        """``thread`` begins serving a request."""
+
+    def request_finished(self, thread: int, task: FleetTask) -> None:
+        """``thread`` served ``task`` (it may have failed)."""
+
+    def ends_keepalive(self, channel: FleetChannel) -> bool:
+        """Whether the response being sent on ``channel`` closes it (a drain, its age)."""
+
+
+def _host(listener: Any) -> Host:
+    host: Host = listener.fleet
+    return host
+
+
+class FleetParser(HTTPRequestParser):  # type: ignore[misc]
+    """waitress's request parser, stricter about framing and header count.
+
+    A request with both Content-Length and Transfer-Encoding is ambiguous
+    (RFC 9112 section 6.1): a proxy in front may frame it differently, which is
+    how requests are smuggled. waitress lets the chunked framing win and keeps
+    the connection; fleet answers 400 and closes it, as it does a method that
+    is no token (waitress 2.1 passes control bytes on to the app). Too many
+    header fields cost CPU to parse (10,000 took ~35 ms), so they are counted
+    before parsing.
+    """
+
+    max_headers = 100  # set per server from FLEET_MAX_HEADERS
+
+    def parse_header(self, header_plus: bytes) -> None:
+        fields = header_plus.rstrip().count(b"\n")  # one per field: after the request line
+        if fields > self.max_headers:
+            super().parse_header(b"GET / HTTP/1.0\r\n")
+            self.error = RequestHeaderFieldsTooLarge(
+                f"more than {self.max_headers} header fields (FLEET_MAX_HEADERS)")
+            return
+        framing = {name.lower() for name in _FRAMING_HEADER.findall(header_plus)}
+        if len(framing) == 2:
+            raise ParsingError("Content-Length and Transfer-Encoding together")
+        if not _METHOD.match(header_plus, 0, max(0, header_plus.find(b" "))):
+            raise ParsingError("the request method is not a token")
+        super().parse_header(header_plus)
+
+
+class FleetTask(WSGITask):  # type: ignore[misc]
+    """A request: tracked while it runs, marked with the worker id, ends keep-alive if due."""
+
+    wrote_header: bool  # waitress's Task attributes that write() relies on
+    complete: bool
+
+    def service(self) -> None:
+        host = _host(self.channel.server)
+        thread = threading.get_ident()
+        host.request_started(thread)
+        try:
+            super().service()
+        finally:
+            host.request_finished(thread, self)
+
+    def access_fields(self) -> tuple[str, str, str, str, str, int]:
+        """Client address, method, path, HTTP version, status code, body bytes sent: an access log line."""
+        request = self.request
+        return (
+            self.channel.addr[0] if self.channel.addr else "-",
+            request.command,
+            request.path,
+            request.version,
+            (self.status or "-").split(" ", 1)[0],
+            self.content_bytes_written,
+        )
+
+    def get_environment(self) -> Any:
+        environ = super().get_environment()
+        if self.request.command == "HEAD":
+            # NOTE: a file wrapper is sent by the channel, past write(): without
+            # it the app's body comes through write(), which drops it for HEAD.
+            environ.pop("wsgi.file_wrapper", None)
+        return environ
+
+    def write(self, data: bytes) -> None:
+        if self.request.command == "HEAD":
+            # NOTE: waitress 2.1 and 3.0 send a HEAD response's body when the
+            # app gives one (RFC 9110 section 9.3.2: it MUST NOT), and the next
+            # response on the connection is read from the middle of it.
+            if not self.wrote_header:
+                self.channel.write_soon(self.build_response_header())
+                self.wrote_header = True
+            self.content_bytes_written += len(data)
+            return
+        # NOTE: waitress sends the header and the body with a send() each: two
+        # TCP segments under TCP_NODELAY. A small body of known length handed
+        # over in one chunk (most API answers) goes out with its header in one:
+        # +8% requests/s in the bench (docs/benchmarks.md).
+        if not self.wrote_header and self.complete and data and len(data) <= ONE_SEND_MAX:
+            header = self.build_response_header()
+            self.wrote_header = True
+            length = self.content_length
+            if self.has_body and not self.chunked_response and length is not None and len(data) <= length:
+                self.content_bytes_written += len(data)
+                self.channel.write_soon(header + data)
+                return
+            self.channel.write_soon(header)
+        super().write(data)
+
+    def finish(self) -> None:
+        if self.request.command == "HEAD":
+            if not self.wrote_header:
+                self.write(b"")
+            return  # no last chunk either: a HEAD response has no body at all
+        super().finish()
+
+    def build_response_header(self) -> Any:
+        host = _host(self.channel.server)
+        if host.ends_keepalive(self.channel):
+            # NOTE: as if the client had asked: waitress 2.1 and 3.x both then
+            # send "Connection: close" and close once the response is out.
+            self.request.headers["CONNECTION"] = "close"
+        self.response_headers.append(("X-Fleet-Worker", host.instance))
+        return super().build_response_header()
+
+
+class FleetChannel(HTTPChannel):  # type: ignore[misc]
+    """A connection, with the times its deadlines run from (see fleet.deadlines.Deadlines).
+
+    It counts as "fresh" in the accept gate from accept() until its bytes are
+    read, but only if it had bytes waiting when accepted: that is a request
+    about to land, and a worker could otherwise take a burst of them in one
+    pass that only one of its threads is free to serve. A connection with
+    nothing to say is no work, however many there are. fleet.socket's
+    DeferAcceptSec= has the kernel hand over a connection once its first
+    bytes are in, so the two are told apart at accept().
+
+    Every field and method here is the loop thread's (whoever holds the
+    event loop's lock).
+    """
+
+    task_class = FleetTask
+    parser_class = FleetParser
+
+    def __init__(self, server: Any, sock: socket.socket, addr: Any, adj: Any, map: Any = None) -> None:
+        self.accepted_at = time.monotonic()
+        self.spoke = False
+        self._fresh = _has_unread_bytes(sock)
+        _host(server).connection_accepted(self._fresh)
+        self.timed: Any = None  # the partial request the two times below are for
+        self.head_started = 0.0
+        self.body_started = 0.0
+        super().__init__(server, sock, addr, adj, map=map)
+
+    def _settle(self) -> None:
+        self.spoke = True
+        if self._fresh:
+            self._fresh = False
+            _host(self.server).fresh_read()
+
+    def received(self, data: bytes) -> Any:
+        if not self.spoke:
+            self._settle()
+        result = super().received(data)
+        request = self.request
+        if request is not None:  # a request is still arriving: time it
+            if request is not self.timed:
+                self.timed = request
+                self.head_started = time.monotonic()
+                self.body_started = 0.0
+            if request.headers_finished and not self.body_started:
+                self.body_started = time.monotonic()
+        return result
+
+    def handle_close(self) -> None:
+        if not self.spoke:
+            self._settle()
+        super().handle_close()
+
+    # -- fleet's view of a connection, in fleet's names ----------------------------------
+
+    def idle(self) -> bool:
+        """Nothing in flight: no request arriving, queued, running or being sent."""
+        return not (self.request is not None or self.requests or self.total_outbufs_len
+                    or self.will_close or self.close_when_flushed)
+
+    def owes_response(self) -> bool:
+        """A request is queued, running or being answered: the server, not the client, is behind."""
+        return bool(self.requests or self.total_outbufs_len)
+
+    def closing_after_response(self) -> bool:
+        """A response is owed, or the connection closes once it is sent."""
+        return bool(self.requests or self.total_outbufs_len or self.will_close)
+
+    def arriving(self) -> Any:
+        """The request being read, or None between requests."""
+        return self.request
+
+    @staticmethod
+    def head_complete(request: Any) -> bool:
+        """Whether ``request`` (from :meth:`arriving`) has all its header fields."""
+        return bool(request.headers_finished)
+
+    @staticmethod
+    def body_received(request: Any) -> int:
+        """Body bytes of ``request`` (from :meth:`arriving`) read so far."""
+        received: int = request.body_bytes_received
+        return received
+
+    def last_traffic(self) -> float:
+        """When a byte was last read or written (time.time())."""
+        last: float = self.last_activity
+        return last
+
+    def opened(self) -> float:
+        """When the connection was accepted (time.time())."""
+        created: float = self.creation_time
+        return created
+
+    def has_unread_bytes(self) -> bool:
+        return _has_unread_bytes(self.socket)
+
+    def close_now(self) -> None:
+        """Close, whatever is in flight."""
+        self.handle_close()
+
+    def time_out(self) -> None:
+        """Answer 408 where nothing else is being sent, and close."""
+        if not (self.requests or self.total_outbufs_len):
+            try:
+                self.socket.send(REQUEST_TIMEOUT, socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+        self.handle_close()
+
+
+def _has_unread_bytes(sock: socket.socket) -> bool:
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return False
+
+
+class EventLoop:
+    """waitress's event loop: the map of every socket it polls, polled one pass at a time.
+
+    ``lock`` is the loop's owner: the loop thread holds it for each poll pass
+    and each housekeeping pass; the relief thread (fleet/dispatch.py) for as
+    long as it stands in for a loop thread that is busy serving a long
+    request. Every channel is touched only by the holder.
+    """
+
+    def __init__(self) -> None:
+        self.map: dict[int, Any] = {}
+        self.lock = threading.Lock()
+        self._not_channels = 0  # listeners, their triggers, the signal pipe: set by seal()
+
+    def seal(self) -> None:
+        """Everything in the map now is the worker's own; what comes later is a connection."""
+        self._not_channels = len(self.map)
+
+    def poll_once(self, timeout: float) -> None:
+        """One poll pass: accept, read, write, run waitress's maintenance. Hold ``lock``."""
+        wasyncore.loop(timeout=timeout, map=self.map, use_poll=True, count=1)
+
+    def connections(self) -> int:
+        """How many connections are open."""
+        return len(self.map) - self._not_channels
+
+    def channels(self) -> Iterator[FleetChannel]:
+        return (obj for obj in list(self.map.values()) if isinstance(obj, FleetChannel))
+
+    def close(self) -> None:
+        """Close every socket in the map: connections, listeners, triggers."""
+        for obj in list(self.map.values()):
+            obj.close()
+
+
+class ThreadPool(ThreadedTaskDispatcher):  # type: ignore[misc]
+    """waitress's thread pool, with the hooks fleet's dispatch strategies override.
+
+    waitress calls :meth:`add_task` (holding the channel's ``requests_lock``)
+    for each request read, and :meth:`shutdown` when a listener closes.
+    """
+
+    def add_task(self, task: Any) -> None:
+        self.take(task)
+
+    def take(self, task: Any) -> None:
+        """A request was read: serve it. Here: on the pool."""
+        self.to_pool(task)
+
+    def to_pool(self, task: Any) -> None:
+        """Queue ``task`` for the pool's threads."""
+        ThreadedTaskDispatcher.add_task(self, task)
+
+    def queued(self) -> int:
+        """Requests waiting for a pool thread."""
+        return len(self.queue)
+
+    def start_threads(self, count: int) -> None:
+        self.set_thread_count(count)
+
+    def shutdown(self, cancel_pending: bool = True, timeout: float = 5) -> bool:
+        return self.stop(cancel_pending, timeout)
+
+    def stop(self, cancel_pending: bool, timeout: float) -> bool:
+        """Stop the threads; ``cancel_pending``: drop what is queued."""
+        return bool(ThreadedTaskDispatcher.shutdown(self, cancel_pending=cancel_pending, timeout=timeout))
+
+
+Wrapper = Callable[[Callable[[], Any]], Callable[[], Any]]
+
+
+class Listeners:
+    """waitress's listening servers on already-listening sockets, sharing one event loop and one pool.
+
+    waitress will not mix IP and UNIX sockets in one server, so each family
+    gets its own. ``_start=False`` keeps waitress from calling listen() again,
+    which would replace the Backlog= that fleet.socket set with its own.
+    """
+
+    def __init__(self, app: Callable[..., Any], sockets: list[socket.socket], loop: EventLoop,
+                 pool: ThreadPool, host: Host, max_headers: int, **adjustments: Any) -> None:
+        for family_sockets in _by_kind(sockets):
+            waitress.create_server(
+                app, map=loop.map, _start=False, _dispatcher=pool,
+                sockets=family_sockets, **adjustments,
+            )
+        self.servers = [obj for obj in loop.map.values() if isinstance(obj, BaseWSGIServer)]
+        parser = type("FleetParser", (FleetParser,), {"max_headers": max_headers})
+        channel = type("FleetChannel", (FleetChannel,), {"parser_class": parser})
+        for server in self.servers:
+            server.channel_class = channel
+            server.fleet = host
+        self._trigger = self.servers[0].trigger
+
+    def adapt(self, readable: Wrapper, accept: Wrapper, wake: Wrapper) -> None:
+        """Wrap each server's readable() (the accept gate), handle_accept() and pull_trigger().
+
+        ``wake`` wraps how a finished request wakes the loop (waitress pulls
+        the trigger from the thread that served it).
+        """
+        for server in self.servers:
+            server.readable = readable(server.readable)
+            server.handle_accept = accept(server.handle_accept)
+            server.pull_trigger = wake(server.pull_trigger)
+
+    def filenos(self) -> list[int]:
+        """The listening sockets' descriptors."""
+        return [server.socket.fileno() for server in self.servers]
+
+    def set_accepting(self, accepting: bool) -> None:
+        """Poll the listening sockets or leave new connections in the kernel's queue. Hold the loop's lock."""
+        for server in self.servers:
+            server.accepting = accepting
+
+    def wake_loop(self) -> None:
+        """Wake the event loop from its poll, from any thread."""
+        self._trigger.pull_trigger()
+
+
+def _by_kind(sockets: list[socket.socket]) -> list[list[socket.socket]]:
+    unix = [s for s in sockets if s.family == socket.AF_UNIX]
+    ip = [s for s in sockets if s.family != socket.AF_UNIX]
+    return [group for group in (ip, unix) if group]
+
+
+class SignalPipe(wasyncore.file_dispatcher):  # type: ignore[misc]
+    """Wakes the event loop the moment a signal arrives (``signal.set_wakeup_fd``).
+
+    Without it, poll() is retried after the Python handler runs and the loop
+    would notice SIGTERM only at its next timeout, accepting meanwhile.
+    """
+
+    def __init__(self, loop: EventLoop) -> None:
+        read_end, self._write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        super().__init__(read_end, loop.map)
+        os.close(read_end)  # file_dispatcher keeps its own duplicate
+        self._previous = signal.set_wakeup_fd(self._write_end, warn_on_full_buffer=False)
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def handle_read(self) -> None:
+        try:
+            while self.recv(512):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def handle_close(self) -> None:
+        signal.set_wakeup_fd(self._previous)
+        os.close(self._write_end)
+        self.close()
