@@ -324,6 +324,10 @@ def test_bash_completes_fleetctl_once_bash_completion_is_installed(fleet: Fleet)
         assert result.stderr.strip() == "complete -F _fleetctl fleetctl", result.stderr
         return [w for w in result.stdout.splitlines() if w]
 
-    assert complete("fleetctl ") == ["scale", "status", "restart", "logs", "drain", "undrain"]
+    assert complete("fleetctl ") == ["scale", "status", "restart", "logs", "drain", "undrain", "apps", "new",
+                                     "apply"]
     assert complete("fleetctl status --") == ["--help", "--json"]
     assert sorted(complete("fleetctl logs ")) == ["1", "2"]
+    box.write_file("/etc/fleet/apps/shop.conf", "FLEET_LISTEN=127.0.0.1:1\n")
+    assert sorted(complete("fleetctl logs ")) == ["1", "2", "shop"]
+    assert complete("fleetctl restart s") == ["shop"]
