@@ -79,6 +79,14 @@ SETS: dict[str, list[Variant]] = {
         Variant("patience 5 ms from the gate closing (the previous gate)", {"GATE_VARIANT": "fixed:5"},
                 module="bench.experiments.gate_worker"),
     ],
+    "relief": [
+        BASE,
+        Variant("0.1.0's worker (FLEET_TREE)", {"FLEET_TREE": os.environ.get("FLEET_TREE", "")},
+                module="bench.experiments.old_worker"),
+        Variant("FLEET_THREADS=0 (no relief thread)", {"FLEET_THREADS": "0"}),
+        Variant("relief looks every 20 ms (prototype)", {"RELIEF_CHECK_MS": "20"},
+                module="bench.experiments.relief_worker"),
+    ],
     "inline": [
         BASE,
         Variant("FLEET_THREADS=0 (inline)", {"FLEET_THREADS": "0"}),
