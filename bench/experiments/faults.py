@@ -5,16 +5,14 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import load  # noqa: E402
-from bench.experiments.tune import BASE, Variant  # noqa: E402
+from bench.experiments.tune import BASE, Experiment, Variant  # noqa: E402
 from bench.peers import FleetBare, usable_cpus  # noqa: E402
 from bench.report import med  # noqa: E402
 from harness import procs  # noqa: E402
@@ -28,44 +26,36 @@ SETS: dict[str, list[Variant]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="bench.experiments.faults")
-    p.add_argument("set", choices=sorted(SETS), nargs="+")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--duration", type=float, default=12.0)
-    args = p.parse_args(argv)
-    variants = [BASE] + [v for s in args.set for v in SETS[s] if v != BASE]
-    logs = REPO / "bench" / "results" / ("faults-" + time.strftime("%Y%m%d-%H%M%S"))
-    logs.mkdir(parents=True, exist_ok=True)
+    exp = Experiment.parse("faults", SETS, 12.0, argv)
+    variants, logs = exp.variants, exp.logs
     results: dict[str, list[load.Fault]] = {v.name: [] for v in variants}
-    procs.stop_on_signals()
     try:
-        for r in range(args.rounds):
-            for v in variants[r % len(variants) :] + variants[: r % len(variants)]:
-                env = {k: val for k, val in v.env.items() if not k.startswith("BENCH_")}
-                restart = float(v.env.get("BENCH_RESTART_SEC", "0.1"))
-                peer = FleetBare(
-                    "fleet-bare",
-                    v.name,
-                    logs,
-                    fleet_env=env,
-                    module=v.module,
-                    workers_wanted=v.workers or usable_cpus(),
-                    restart_sec=restart,
-                )
-                try:
-                    peer.start()
-                    load.wrk(peer.port, 2)
-                    f = load.fault(peer, args.duration)
-                finally:
-                    peer.stop()
-                results[v.name].append(f)
-                print(
-                    f"round {r + 1} {v.name:28} failed {f.wrk.failed} of {f.victim_connections} "
-                    f"({_errors(f.wrk)}) serving {f.replacement_serving_ms} ms, "
-                    f"share after {f.traffic_again_s} s, {f.wrk.rps:,.0f} req/s",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        for r, v in exp.runs():
+            env = {k: val for k, val in v.env.items() if not k.startswith("BENCH_")}
+            restart = float(v.env.get("BENCH_RESTART_SEC", "0.1"))
+            peer = FleetBare(
+                "fleet-bare",
+                v.name,
+                logs,
+                fleet_env=env,
+                module=v.module,
+                workers_wanted=v.workers or usable_cpus(),
+                restart_sec=restart,
+            )
+            try:
+                peer.start()
+                load.wrk(peer.port, 2)
+                f = load.fault(peer, exp.duration)
+            finally:
+                peer.stop()
+            results[v.name].append(f)
+            print(
+                f"round {r + 1} {v.name:28} failed {f.wrk.failed} of {f.victim_connections} "
+                f"({_errors(f.wrk)}) serving {f.replacement_serving_ms} ms, "
+                f"share after {f.traffic_again_s} s, {f.wrk.rps:,.0f} req/s",
+                file=sys.stderr,
+                flush=True,
+            )
     finally:
         procs.stop_all()
     print("| variant | failed / victim's conns | wrk errors | replacement serving | gets its share | req/s |")

@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,41 +96,63 @@ SETS: dict[str, list[Variant]] = {
 }
 
 
+@dataclass(frozen=True)
+class Experiment:
+    """An experiment's command line read: its variants (the baseline first), rounds and log folder."""
+
+    variants: list[Variant]
+    rounds: int
+    duration: float
+    logs: Path
+
+    @classmethod
+    def parse(cls, prog: str, sets: dict[str, list[Variant]], duration: float,
+              argv: list[str] | None) -> Experiment:  # fmt: skip
+        p = argparse.ArgumentParser(prog=f"bench.experiments.{prog}")
+        p.add_argument("set", choices=sorted(sets), nargs="+")
+        p.add_argument("--rounds", type=int, default=3)
+        p.add_argument("--duration", type=float, default=duration)
+        args = p.parse_args(argv)
+        logs = REPO / "bench" / "results" / f"{prog}-{time.strftime('%Y%m%d-%H%M%S')}"
+        logs.mkdir(parents=True, exist_ok=True)
+        procs.stop_on_signals()
+        variants = [BASE] + [v for s in args.set for v in sets[s] if v != BASE]
+        return cls(variants, args.rounds, args.duration, logs)
+
+    def runs(self) -> Iterator[tuple[int, Variant]]:
+        """(round, variant) in running order: each round rotated, so none always runs first."""
+        for r in range(self.rounds):
+            k = r % len(self.variants)
+            for v in self.variants[k:] + self.variants[:k]:
+                yield r, v
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="bench.experiments.tune", description=__doc__.split("\n\n")[0])
-    p.add_argument("set", choices=sorted(SETS), nargs="+")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--duration", type=float, default=8.0)
-    args = p.parse_args(argv)
-    variants = [BASE] + [v for s in args.set for v in SETS[s] if v != BASE]
-    logs = REPO / "bench" / "results" / ("tune-" + time.strftime("%Y%m%d-%H%M%S"))
-    logs.mkdir(parents=True, exist_ok=True)
+    exp = Experiment.parse("tune", SETS, 8.0, argv)
+    variants, logs = exp.variants, exp.logs
     results: dict[str, list[load.Measure]] = {v.name: [] for v in variants}
-    procs.stop_on_signals()
     try:
-        for r in range(args.rounds):
-            order = variants[r % len(variants) :] + variants[: r % len(variants)]
-            for v in order:
-                peer = FleetBare(
-                    "fleet-bare",
-                    v.name,
-                    logs,
-                    fleet_env=v.env,
-                    module=v.module,
-                    workers_wanted=v.workers or N,
-                )
-                try:
-                    peer.start()
-                    m = load.measure(peer, args.duration, 2.0)
-                finally:
-                    peer.stop()
-                results[v.name].append(m)
-                print(
-                    f"round {r + 1} {v.name:40} {m.wrk.rps:9,.0f} req/s p99 {m.wrk.p99_ms:6.2f} ms "
-                    f"cpu {m.cpu_ms_per_request:.3f} other {m.other_cpu_seconds / m.wrk.seconds:.2f}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        for r, v in exp.runs():
+            peer = FleetBare(
+                "fleet-bare",
+                v.name,
+                logs,
+                fleet_env=v.env,
+                module=v.module,
+                workers_wanted=v.workers or N,
+            )
+            try:
+                peer.start()
+                m = load.measure(peer, exp.duration, 2.0)
+            finally:
+                peer.stop()
+            results[v.name].append(m)
+            print(
+                f"round {r + 1} {v.name:40} {m.wrk.rps:9,.0f} req/s p99 {m.wrk.p99_ms:6.2f} ms "
+                f"cpu {m.cpu_ms_per_request:.3f} other {m.other_cpu_seconds / m.wrk.seconds:.2f}",
+                file=sys.stderr,
+                flush=True,
+            )
     finally:
         procs.stop_all()
     base = results[BASE.name]
