@@ -17,7 +17,7 @@ import re
 import stat
 
 from fleet import apps
-from fleet.apps import App, AppConfig, AppError
+from fleet.apps import App
 from fleet.ctl import jobs, scale, systemctl
 from fleet.ctl import state as fleet_state
 from fleet.ctl.errors import CtlError
@@ -46,8 +46,7 @@ def remove(name: str) -> None:
     listen = systemctl.show([app.socket], ["Listen"]).get(app.socket, {}).get("Listen", "")
     systemctl.stop([app.instances, app.service, app.socket])
     # NOTE: a socket whose file was reloaded away has lost its RemoveOnStop=.
-    for entry in listen.splitlines():
-        path = entry.rsplit(" (", 1)[0]
+    for path in fleet_state.listen_addresses(listen):
         if path.startswith("/"):
             with contextlib.suppress(OSError):
                 if stat.S_ISSOCK(os.lstat(path).st_mode):
@@ -61,11 +60,10 @@ def remove(name: str) -> None:
 
 def bring_up(app: App) -> str:
     """Start an app's socket and service, and exactly its wanted workers; say what changed."""
-    config = AppConfig.read(app)
-    problems = config.problems()
-    if problems:
-        raise CtlError("; ".join(problems))
     before = fleet_state.read(app)
+    if before.problems:
+        # NOTE: a config error or a missing user, as fleetctl status shows them.
+        raise CtlError("; ".join(before.problems))
     systemctl.start([app.socket, app.service])
     state = fleet_state.read(app)
     p = scale.plan(state, len(state.enabled))
@@ -101,7 +99,7 @@ def run() -> int:
         print(f"{app.name}: ", end="", flush=True)
         try:
             print(bring_up(app), flush=True)
-        except (AppError, CtlError) as exc:
+        except CtlError as exc:
             failed += 1
             print(f"failed: {exc}", flush=True)
         except StartFailed as exc:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from fleet import apps, settings
 from fleet.apps import App, AppConfig, AppError, check_name
 from fleet.ctl.errors import CtlError, UsageError
+from fleet.ctl.status import table
 from fleet.envfile import read_env_file
 
 
@@ -54,9 +55,7 @@ def run_list(as_json: bool) -> int:
     rows = [["APP", "LISTEN", "WORKERS", "VENV", "CONFIG"]]
     rows += [[e.app.name, e.listen or "-", e.workers or "-", e.venv or "-", str(e.app.config)]
              for e in listed]
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print("\n".join(table(rows)))
     for e in listed:
         if e.error:
             print(f"{e.app.name}: {e.error}")

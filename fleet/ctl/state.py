@@ -155,6 +155,15 @@ def _int(value: str | None) -> int | None:
         return None
 
 
+def listen_addresses(listen: str) -> tuple[str, ...]:
+    """A socket's ``Listen=`` property as addresses, without systemd's ``(Stream)`` suffix.
+
+    >>> listen_addresses("[::]:8000 (Stream)\\n/run/a.sock (Stream)")
+    ('[::]:8000', '/run/a.sock')
+    """
+    return tuple(entry.rsplit(" (", 1)[0] for entry in listen.splitlines() if entry)
+
+
 def instance_state(active: str, sub: str, status: str) -> str:
     """Name an instance's state for people: systemd's ActiveState, or "failing".
 
@@ -223,9 +232,7 @@ def build(
         unit=app.socket,
         state=sock.get("ActiveState", "inactive"),
         sub_state=sock.get("SubState", "dead"),
-        listen=tuple(
-            entry.rsplit(" (", 1)[0] for entry in sock.get("Listen", "").splitlines() if entry
-        ),
+        listen=listen_addresses(sock.get("Listen", "")),
         accepted=_int(sock.get("NAccepted")),
         connections=_int(sock.get("NConnections")),
         result=sock.get("Result", "success"),

@@ -109,10 +109,11 @@ def worker_table(states: list[FleetState]) -> list[str]:
             _cell(i.pinned_cpu),
             _cell(i.status),
         ])  # fmt: skip
-    return _table(rows)
+    return table(rows)
 
 
-def _table(rows: list[list[str]]) -> list[str]:
+def table(rows: list[list[str]]) -> list[str]:
+    """Rows as columns two spaces apart, like ``systemctl list-units``; the header is ``rows[0]``."""
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     lines = []
     for row in rows:
@@ -139,7 +140,7 @@ def format_overview(states: list[FleetState]) -> str:
             "yes" if state.drained else "no",
             "; ".join(state.problems) or "-",
         ])  # fmt: skip
-    lines = _table(rows)
+    lines = table(rows)
     if any(state.instances for state in states):
         lines += ["", *worker_table(states)]
     for state in states:
