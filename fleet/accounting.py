@@ -27,6 +27,10 @@ class Accounting:
     def started(self, thread: int) -> None:
         self.busy[thread] = time.monotonic()
 
+    def paused(self, thread: int) -> None:
+        """The thread's request paused its response for the client to read it: the thread is free."""
+        del self.busy[thread]
+
     def finished(self, thread: int, task: FleetTask) -> None:
         del self.busy[thread]
         self.requests_done = next(self._done)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +21,8 @@ class Deadlines:
     after FLEET_SILENT_TIMEOUT, a request head must arrive within
     FLEET_HEADER_TIMEOUT of its first byte, a body within FLEET_BODY_TIMEOUT
     plus a second per FLEET_BODY_MIN_RATE bytes. Idle keep-alive connections
-    are waitress's channel_timeout. Run by the thread holding the event loop,
+    are waitress's channel_timeout; a paused response (its client reads none
+    of it) is closed after as long. Run by the thread holding the event loop,
     which alone writes every field here.
     """
 
@@ -29,8 +31,9 @@ class Deadlines:
         self.head = settings.header_timeout
         self.body = settings.body_timeout
         self.rate = float(settings.body_min_rate)
+        self.send = settings.channel_timeout
         self.next_sweep = 0.0
-        self.closed = {"silent": 0, "head": 0, "body": 0}  # counted for metrics to come
+        self.closed = {"silent": 0, "head": 0, "body": 0, "send": 0}  # counted for metrics to come
 
     def _body_allowance(self, channel: FleetChannel, request: Any) -> float:
         return self.body + channel.body_received(request) / self.rate
@@ -39,9 +42,13 @@ class Deadlines:
         if now < self.next_sweep:
             return
         self.next_sweep = now + SWEEP_EVERY
+        wall = time.time()
         for channel in channels:
             if channel.owes_response():
-                continue  # a response is due: the server, not the client, is behind
+                if channel.paused() and self.send and wall - channel.last_traffic() >= self.send:
+                    self.closed["send"] += 1
+                    channel.close_now()
+                continue  # otherwise the server, not the client, is behind
             request = channel.arriving()
             if request is None:
                 if not channel.spoke and self.silent and now - channel.accepted_at >= self.silent:

@@ -24,9 +24,10 @@ from fleet.waitress_api import EventLoop, ThreadPool
 
 log = logging.getLogger("fleet.worker")
 
-# A response the client does not read is spooled (past 1 MiB to a temporary
-# file) up to this much before the thread writing it waits for the client: a
-# client that never reads must not hold a thread.
+# A response body in chunks pauses while its client is slow to read it
+# (fleet.waitress_api.PAUSE_AT); what one chunk, or a list of them, puts in
+# the output buffer is spooled (past 1 MiB to a temporary file) up to this
+# much before the thread writing it waits for the client.
 OUTPUT_SPOOL = 256 * 2**20
 # How often the relief thread looks at the request the event loop is serving
 # inline, and how long it polls in one pass while it holds the loop.

@@ -118,6 +118,9 @@ class FleetServer:
     def request_finished(self, thread: int, task: FleetTask) -> None:
         self.accounting.finished(thread, task)
 
+    def request_paused(self, thread: int) -> None:
+        self.accounting.paused(thread)
+
     def ends_keepalive(self, channel: FleetChannel) -> bool:
         return self.drain.active or self.connection_expired(channel)
 

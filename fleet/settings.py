@@ -177,7 +177,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Close a keep-alive connection after its first response past this age, so clients "
             "spread again over all workers, new ones included (0: never)."),
     Setting("FLEET_CHANNEL_TIMEOUT", "60", _seconds,
-            "Close a keep-alive connection idle for this long."),
+            "Close a keep-alive connection idle for this long, or one whose client reads none "
+            "of its response for this long."),
     Setting("FLEET_HEALTH_PATH", "/healthz", _path_or_off,
             "Path answered by fleet itself for load balancers: 200, or 503 while drained "
             "(off: the app answers it)."),

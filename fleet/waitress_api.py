@@ -18,7 +18,9 @@ The API, by what it wraps:
   dispatch strategies (fleet/dispatch.py) override.
 * :class:`FleetChannel`, :class:`FleetParser`, :class:`FleetTask`: waitress's
   connection, request parser and request, as fleet adapts them; they report
-  to a :class:`Host` (the worker's FleetServer).
+  to a :class:`Host` (the worker's FleetServer). A response its client reads
+  slowly pauses between two chunks of its body and gives its thread back
+  (:class:`Body`, ``FleetChannel.service``).
 * :class:`SignalPipe`: a ``wasyncore.file_dispatcher`` that wakes the loop on signals.
 """
 
@@ -30,22 +32,32 @@ import signal
 import socket
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import waitress
 from waitress import wasyncore
-from waitress.channel import HTTPChannel
+from waitress.buffers import ReadOnlyFileBasedBuffer
+from waitress.channel import ClientDisconnected, HTTPChannel
 from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import BaseWSGIServer
 from waitress.task import ThreadedTaskDispatcher, WSGITask
-from waitress.utilities import RequestHeaderFieldsTooLarge
+from waitress.utilities import InternalServerError, RequestHeaderFieldsTooLarge
 
 # Bodies up to this size are joined to their header for one send(); larger
 # ones are not worth the copy.
 ONE_SEND_MAX = 64 * 1024
 REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
                    b"Content-Type: text/plain\r\nContent-Length: 16\r\n\r\nRequest Timeout\n")
+# A response body its client has not read is produced no further ahead than
+# PAUSE_AT (what waits in the worker, beyond what the kernel's socket buffers
+# hold): its task pauses between two chunks and the thread serves others, and
+# it goes on once the client has read all but RESUME_AT. 32 clients never
+# reading a 32 MiB body otherwise had 1 GiB produced and spooled to temporary
+# files before anyone else was served.
+PAUSE_AT = 256 * 1024
+RESUME_AT = 64 * 1024
 _FRAMING_HEADER = re.compile(rb"^(content-length|transfer-encoding)[ \t]*:", re.I | re.M)
 _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 section 5.6.2: a token
 
@@ -66,6 +78,9 @@ class Host(Protocol):
 
     def request_finished(self, thread: int, task: FleetTask) -> None:
         """``thread`` served ``task`` (it may have failed)."""
+
+    def request_paused(self, thread: int) -> None:
+        """``thread`` paused its request's response for the client to read it; it goes on later."""
 
     def ends_keepalive(self, channel: FleetChannel) -> bool:
         """Whether the response being sent on ``channel`` closes it (a drain, its age)."""
@@ -105,20 +120,126 @@ class FleetParser(HTTPRequestParser):  # type: ignore[misc]
         super().parse_header(header_plus)
 
 
+_serving = threading.local()  # .task: the FleetTask whose app this thread is calling
+
+
+def pausable(app: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a WSGI app: a body of more than one chunk comes back as a :class:`Body` its task can pause.
+
+    A one-chunk list (most answers) and a ``wsgi.file_wrapper`` (which the
+    channel sends from the file as the client reads) are left as they are.
+    """
+    def serve(environ: Any, start_response: Any) -> Any:
+        body = app(environ, start_response)
+        task: FleetTask | None = getattr(_serving, "task", None)
+        if task is None or body.__class__ is ReadOnlyFileBasedBuffer:
+            return body
+        if hasattr(body, "__len__") and len(body) <= 1:
+            return body
+        return task.hold(body)
+
+    return serve
+
+
+class Body:
+    """An app's response body, chunk by chunk, that ends early while its task pauses.
+
+    waitress writes a body with ``for chunk in body``: when the task pauses,
+    the loop ends there and the task goes on from the next chunk when
+    resumed (:meth:`FleetTask.resume`). ``close()`` closes the app's body
+    only once the response is done.
+    """
+
+    __slots__ = ("task", "iterable", "chunks")
+
+    def __init__(self, task: FleetTask, iterable: Any) -> None:
+        self.task = task
+        self.iterable = iterable
+        self.chunks: Iterator[bytes] | None = None
+
+    def __iter__(self) -> Body:
+        return self
+
+    def __next__(self) -> bytes:
+        if self.task.pausing:
+            raise StopIteration
+        if self.chunks is None:
+            self.chunks = iter(self.iterable)
+        return next(self.chunks)
+
+    def close(self) -> None:
+        if not self.task.pausing and hasattr(self.iterable, "close"):
+            self.iterable.close()
+
+
 class FleetTask(WSGITask):  # type: ignore[misc]
-    """A request: tracked while it runs, marked with the worker id, ends keep-alive if due."""
+    """A request: tracked while it runs, marked with the worker id, ends keep-alive if due.
+
+    Its response pauses once PAUSE_AT of it waits for the client to read
+    (``pausing``, set by the thread serving it): the thread goes back to the
+    pool and the channel resumes the task when the client has read most of
+    it. The task's fields belong to the one thread serving it at a time.
+    """
 
     wrote_header: bool  # waitress's Task attributes that write() relies on
     complete: bool
+    pausing = False  # the body stops at its next chunk; cleared when resumed
+    _body: Body | None = None  # the app's body, if it may pause (pausable())
+    _length: int | None = None  # content_length, put aside while paused
 
     def service(self) -> None:
         host = _host(self.channel.server)
         thread = threading.get_ident()
         host.request_started(thread)
+        _serving.task = self
         try:
             super().service()
         finally:
+            _serving.task = None
+            self._served(host, thread)
+
+    def _served(self, host: Host, thread: int) -> None:
+        if self.pausing:
+            host.request_paused(thread)
+        else:
             host.request_finished(thread, self)
+
+    def hold(self, body: Any) -> Body:
+        """The app's body, as a :class:`Body` this task may pause (called by :func:`pausable`)."""
+        self._body = Body(self, body)
+        return self._body
+
+    def resume(self) -> None:
+        """Go on with a paused response from its next chunk, on this thread."""
+        host = _host(self.channel.server)
+        thread = threading.get_ident()
+        host.request_started(thread)
+        body = self._body
+        assert body is not None
+        self.pausing = False
+        self.content_length = self._length
+        try:
+            if not self.channel.connected:
+                raise ClientDisconnected
+            for chunk in body:
+                if chunk:
+                    self.write(chunk)
+            if self.pausing:
+                return
+            length = self.content_length
+            if length is not None and self.content_bytes_written != length:
+                # NOTE: as waitress does: close, or the client waits for the rest.
+                self.close_on_finish = True
+                self.logger.warning("application returned too few bytes (%s) for specified "
+                                    "Content-Length (%s) via app_iter", self.content_bytes_written, length)
+            self.finish()
+        except OSError:
+            self.close_on_finish = True
+            if self.channel.adj.log_socket_errors:
+                raise
+        finally:
+            body.close()
+            self._served(host, thread)
 
     def access_fields(self) -> tuple[str, str, str, str, str, int]:
         """Client address, method, path, HTTP version, status code, body bytes sent: an access log line."""
@@ -164,8 +285,15 @@ class FleetTask(WSGITask):  # type: ignore[misc]
                 return
             self.channel.write_soon(header)
         super().write(data)
+        if self._body is not None and self.channel.total_outbufs_len > PAUSE_AT:
+            # NOTE: waitress's execute() checks the body's length once the body
+            # ends, as it seems to when paused: the check waits for the real end.
+            self.pausing = True
+            self._length, self.content_length = self.content_length, None
 
     def finish(self) -> None:
+        if self.pausing:
+            return  # NOTE: the body is not done: no last chunk yet
         if self.request.command == "HEAD":
             if not self.wrote_header:
                 self.write(b"")
@@ -199,6 +327,11 @@ class FleetChannel(HTTPChannel):  # type: ignore[misc]
 
     task_class = FleetTask
     parser_class = FleetParser
+    # NOTE: both set holding outbuf_lock, by the thread serving the channel and the loop thread.
+    _paused: FleetTask | None = None  # a response paused until the client reads most of it
+    _resuming: FleetTask | None = None  # a paused response handed to the next service()
+    requests: list[Any]  # waitress's: read, queued and served under requests_lock
+    current_outbuf_count: int
 
     def __init__(self, server: Any, sock: socket.socket, addr: Any, adj: Any, map: Any = None) -> None:
         self.accepted_at = time.monotonic()
@@ -234,6 +367,115 @@ class FleetChannel(HTTPChannel):  # type: ignore[misc]
         if not self.spoke:
             self._settle()
         super().handle_close()
+        if self._paused is not None:
+            self._resume()  # NOTE: to close the app's body, on a thread of the pool
+
+    def handle_write(self) -> None:
+        super().handle_write()
+        if self._paused is not None and self.total_outbufs_len <= RESUME_AT:
+            self._resume()
+
+    def _resume(self) -> None:
+        """Hand the paused response to the dispatcher, to go on with (loop thread)."""
+        with self.outbuf_lock:
+            task, self._paused = self._paused, None
+            if task is None:
+                return
+            self._resuming = task
+        with self.requests_lock:
+            self.server.add_task(self)
+
+    def service(self) -> None:
+        """Serve the first request queued, or go on with a paused response.
+
+        waitress's HTTPChannel.service (the same in 2.1 and 3.0;
+        tests/test_waitress_contract.py notices if it changes), with one
+        addition: a task that pauses leaves its request first in line, and
+        the channel resumes it once the client has read enough.
+        """
+        with self.outbuf_lock:
+            task, self._resuming = self._resuming, None
+        if task is None:
+            request = self.requests[0]
+            task = (self.error_task_class if request.error else self.task_class)(self, request)
+            run = task.service
+        else:
+            request = task.request
+            run = task.resume
+        while True:
+            task = self._run(task, run, request, resuming=run != task.service)
+            if not getattr(task, "pausing", False):  # NOTE: waitress's ErrorTask never pauses
+                break
+            with self.outbuf_lock:
+                if self.connected and self.total_outbufs_len > RESUME_AT:
+                    self._paused = task
+                    self.server.pull_trigger()
+                    return
+            run = task.resume  # NOTE: the client already read it: go on at once
+        self._done(task, request)
+
+    def _run(self, task: Any, run: Callable[[], None], request: Any, resuming: bool) -> Any:
+        """Run ``run`` (serve or resume ``task``); answer 500 if it fails before a header went out.
+
+        Returns the task that answered: ``task``, or the one that answered 500.
+        """
+        try:
+            if self.connected or resuming:  # NOTE: resume() closes the app's body if the client left
+                run()
+            else:
+                task.close_on_finish = True
+        except ClientDisconnected:
+            self.logger.info("Client disconnected while serving %s", task.request.path)
+            task.close_on_finish = True
+        except Exception:
+            self.logger.exception("Exception while serving %s", task.request.path)
+            if task.wrote_header:
+                task.close_on_finish = True
+                return task
+            if self.adj.expose_tracebacks:
+                body = traceback.format_exc()
+            else:
+                body = "The server encountered an unexpected internal server error"
+            failed = self.parser_class(self.adj)
+            failed.error = InternalServerError(body)
+            # NOTE: what HTTP/1.1 needs of the original request
+            failed.version = request.version
+            if "CONNECTION" in request.headers:
+                failed.headers["CONNECTION"] = request.headers["CONNECTION"]
+            task = self.error_task_class(self, failed)
+            try:
+                task.service()  # NOTE: must not fail
+            except ClientDisconnected:
+                task.close_on_finish = True
+        return task
+
+    def _done(self, task: Any, request: Any) -> None:
+        """After a request is answered: close, or go on with the next one (waitress's own steps)."""
+        if task.close_on_finish:
+            with self.requests_lock:
+                self.close_when_flushed = True
+                for queued in self.requests:
+                    queued.close()
+                self.requests = []
+        else:
+            # NOTE: the next request's output waits for this one's to go below the high watermark.
+            if len(self.requests) > 1:
+                self._flush_outbufs_below_high_watermark()
+            # NOTE: the next request gets an output buffer of its own.
+            if self.current_outbuf_count > 0:
+                self.current_outbuf_count = self.adj.outbuf_high_watermark
+            request.close()
+            with self.requests_lock:
+                self.requests.pop(0)
+                if self.connected and self.requests:
+                    self.server.add_task(self)
+                elif (self.connected and self.request is not None and self.request.expect_continue
+                      and self.request.headers_finished and not self.sent_continue):
+                    # NOTE: 100 Continue could not be sent while a response was going out
+                    self.send_continue()
+        if self.connected:
+            self.server.pull_trigger()
+        self.last_activity = time.time()
 
     # -- fleet's view of a connection, in fleet's names ----------------------------------
 
@@ -245,6 +487,10 @@ class FleetChannel(HTTPChannel):  # type: ignore[misc]
     def owes_response(self) -> bool:
         """A request is queued, running or being answered: the server, not the client, is behind."""
         return bool(self.requests or self.total_outbufs_len)
+
+    def paused(self) -> bool:
+        """A response waits for the client to read what was sent of it, no thread on it."""
+        return self._paused is not None
 
     def closing_after_response(self) -> bool:
         """A response is owed, or the connection closes once it is sent."""
@@ -384,7 +630,7 @@ class Listeners:
                  pool: ThreadPool, host: Host, max_headers: int, **adjustments: Any) -> None:
         for family_sockets in _by_kind(sockets):
             waitress.create_server(
-                app, map=loop.map, _start=False, _dispatcher=pool,
+                pausable(app), map=loop.map, _start=False, _dispatcher=pool,
                 sockets=family_sockets, **adjustments,
             )
         self.servers = [obj for obj in loop.map.values() if isinstance(obj, BaseWSGIServer)]

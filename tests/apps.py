@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -123,3 +123,39 @@ def brief(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterab
         body = str(_most_inside).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+class _Counted:
+    """A body of ``mib`` chunks of 1 MiB (chunk k is the byte k % 251 repeated) that records, in
+    the file ``record``, how many chunks the server took so far and, once it does, that it was closed.
+    """
+
+    def __init__(self, mib: int, record: str) -> None:
+        self.mib = mib
+        self.record = record
+        self.taken = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for k in range(self.mib):
+            self.taken = k + 1
+            self._write(str(self.taken))
+            yield bytes([k % 251]) * 2**20
+
+    def _write(self, text: str) -> None:
+        with open(self.record + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(self.record + ".tmp", self.record)
+
+    def close(self) -> None:
+        self._write(f"{self.taken} closed")
+
+
+def counted(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """``/?mib=N&record=PATH[&chunked=1]``: a body generated 1 MiB at a time (:class:`_Counted`)."""
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    mib = int(query["mib"][0])
+    headers = [("Content-Type", "application/octet-stream")]
+    if "chunked" not in query:
+        headers.append(("Content-Length", str(mib * 2**20)))
+    start_response("200 OK", headers)
+    return _Counted(mib, query["record"][0])

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import waitress
 from waitress import wasyncore
-from waitress.channel import HTTPChannel
+from waitress.channel import ClientDisconnected, HTTPChannel
 from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import BaseWSGIServer
 from waitress.task import ThreadedTaskDispatcher, WSGITask
@@ -46,19 +46,24 @@ CLASS_ATTRIBUTES = {
     HTTPChannel: {"task_class": "to count requests in flight and mark the worker",
                   "parser_class": "to parse with fleet's stricter parser",
                   "received": "to time a request's head and body",
-                  "handle_close": "", "write_soon": "to send a small response in one send()"},
+                  "handle_close": "", "write_soon": "to send a small response in one send()",
+                  "handle_write": "to resume a paused response once its client read it",
+                  "error_task_class": "(fleet's copy of HTTPChannel.service)",
+                  "_flush_outbufs_below_high_watermark": "", "send_continue": "", "logger": ""},
     BaseWSGIServer: {"channel_class": "to use fleet's channel", "readable": "for the accept gate",
                      "handle_accept": "to accept a batch per pass", "pull_trigger": "",
                      "accepting": "to stop accepting while draining"},
     ThreadedTaskDispatcher: {"add_task": "to serve inline or on the pool", "set_thread_count": ""},
     WSGITask: {"service": "", "write": "", "finish": "to keep a HEAD response bodiless",
+               "logger": "",
                "get_environment": "to drop the file wrapper for HEAD",
                "build_response_header": "to end keep-alive when draining", "has_body": ""},
     wasyncore: {"file_dispatcher": "to wake the loop on signals"},
 }
 INSTANCE_ATTRIBUTES = {
     "channel": ("request", "requests", "total_outbufs_len", "will_close", "close_when_flushed",
-                "last_activity", "creation_time", "socket", "server", "addr"),
+                "last_activity", "creation_time", "socket", "server", "addr", "connected", "adj",
+                "requests_lock", "outbuf_lock", "current_outbuf_count", "sent_continue"),
     "listener": ("trigger", "adj", "socket"),
     "dispatcher": ("queue",),
     "parser": ("headers_finished", "body_bytes_received", "completed", "error", "command", "headers",
@@ -136,8 +141,25 @@ def test_create_server_takes_the_settings_fleet_passes() -> None:
         assert name in known, f"waitress {version()}: create_server() no longer takes {name}="
 
 
+# NOTE: FleetChannel.service is waitress's HTTPChannel.service plus pausing; the same source in
+# waitress 2.1.2 to 3.0.2. Another one is a change to read and carry over, then add its hash here.
+CHANNEL_SERVICE = {"f73afa13748e1128"}
+
+
+def test_fleets_copy_of_channel_service_is_of_the_installed_waitress() -> None:
+    import hashlib
+
+    source = inspect.getsource(HTTPChannel.service)
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    assert digest in CHANNEL_SERVICE, (
+        f"waitress {version()} changed HTTPChannel.service (sha256 {digest}): FleetChannel.service "
+        f"in {WHERE} is a copy of it that lets a response pause; carry the change over, then add "
+        f"{digest!r} to CHANNEL_SERVICE")
+
+
 def test_a_parse_error_is_a_400_and_too_many_headers_a_431() -> None:
     assert issubclass(ParsingError, Exception)
+    assert issubclass(ClientDisconnected, Exception), "a paused response's client left"
     assert RequestHeaderFieldsTooLarge("x").code == 431, "FLEET_MAX_HEADERS answers with it"
 
 
@@ -177,6 +199,7 @@ class _Host:
         self.fresh_reads = 0
         self.started: list[int] = []
         self.finished: list[int] = []
+        self.paused: list[int] = []
 
     def connection_accepted(self, fresh: bool) -> None:
         self.accepted.append(fresh)
@@ -189,6 +212,9 @@ class _Host:
 
     def request_finished(self, thread: int, task: waitress_api.FleetTask) -> None:
         self.finished.append(thread)
+
+    def request_paused(self, thread: int) -> None:
+        self.paused.append(thread)
 
     def ends_keepalive(self, channel: waitress_api.FleetChannel) -> bool:
         return True
