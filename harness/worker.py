@@ -19,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = "fleet.worker"
+ENTERED = "tests.apps: entered"  # what tests/apps.py writes to stderr as a request enters it
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,18 @@ class WorkerProcess:
     def stderr(self) -> str:
         self._stderr.flush()
         return self.stderr_path.read_text()
+
+    def wait_entered(self, count: int = 1, timeout: float = 30.0) -> None:
+        """Wait until ``count`` requests have entered the app (tests/apps.py says so on stderr).
+
+        A test that needs a request inside the worker waits for this instead of sleeping.
+        """
+        deadline = time.monotonic() + timeout
+        while (seen := self.stderr().count(ENTERED)) < count:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"worker {self.pid}: {seen} of {count} requests entered the app "
+                                     f"(exit {self.proc.poll()}):\n{self.stderr()}")
+            time.sleep(0.01)
 
     def terminate(self) -> None:
         self.proc.send_signal(signal.SIGTERM)

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qs
 
+from harness.worker import ENTERED
+
 not_callable = 42
+
+
+def _entered(environ: dict[str, Any]) -> None:
+    """Say on stderr that a request is inside the app, for a test to wait on rather than sleep."""
+    sys.stderr.write(f"{ENTERED} {environ.get('PATH_INFO')}?{environ.get('QUERY_STRING', '')}\n")
+    sys.stderr.flush()
 
 
 def slow(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     """Sleep ``?sleep=SECONDS`` (default 1) before answering: a request that is in flight."""
     seconds = float(parse_qs(environ.get("QUERY_STRING", "")).get("sleep", ["1"])[0])
+    _entered(environ)
     time.sleep(seconds)
     body = f"slept {seconds}".encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
@@ -23,6 +33,7 @@ def slow(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterabl
 
 def thread(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     """Answer the name of the thread serving the request, after ``?sleep=SECONDS`` (default 0)."""
+    _entered(environ)
     time.sleep(float(parse_qs(environ.get("QUERY_STRING", "")).get("sleep", ["0"])[0]))
     body = threading.current_thread().name.encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
@@ -48,6 +59,7 @@ _forever = threading.Event()
 def hang(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     """Block forever on ``/hang``; answer anything else: a worker that gets stuck."""
     if environ.get("PATH_INFO") == "/hang":
+        _entered(environ)
         _forever.wait()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
     return [b"ok"]
