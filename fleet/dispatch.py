@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from threading import get_ident
 from typing import Any
 
 from fleet.settings import Settings
@@ -30,8 +31,14 @@ log = logging.getLogger("fleet.worker")
 # much before the thread writing it waits for the client.
 OUTPUT_SPOOL = 256 * 2**20
 # How often the relief thread looks at the request the event loop is serving
-# inline, and how long it polls in one pass while it holds the loop.
+# inline, and how long it polls in one pass while it holds the loop. Each
+# look takes the GIL from the loop thread (a context switch or two on its
+# CPU), so while looks find only batches that end between two looks (an app
+# that neither waits nor runs long), the interval doubles up to
+# RELIEF_CHECK_MAX; a look that finds a batch it saw before, or the loop
+# asleep on I/O, brings it back to RELIEF_CHECK.
 RELIEF_CHECK = 0.002
+RELIEF_CHECK_MAX = 0.016
 RELIEF_POLL = 0.005
 # The relief thread samples the loop thread while it serves requests: once at
 # least WAIT_SAMPLES samples found it inside a batch and WAIT_SHARE of them
@@ -127,6 +134,8 @@ class InlineDispatch(Dispatch):
     def take(self, task: Any) -> None:
         self.pending.append(task)
 
+    add_task = take  # NOTE: waitress's call, without ThreadPool.add_task's: one call less a request
+
     def wake(self, pull_trigger: Callable[[], Any]) -> Callable[[], Any]:
         return lambda: None  # the loop polls again right after serving: no wake-up needed
 
@@ -168,17 +177,19 @@ class HybridDispatch(Dispatch):
         self.relief = Relief(self, inline_max)
 
     def take(self, task: Any) -> None:
-        if self.inline and threading.get_ident() == self.loop_thread:
+        if self.inline and get_ident() == self.loop_thread:
             self.pending.append(task)
         else:
             self.to_pool(task)
+
+    add_task = take  # NOTE: waitress's call, without ThreadPool.add_task's: one call less a request
 
     def wake(self, pull_trigger: Callable[[], Any]) -> Callable[[], Any]:
         """Wake the loop when a pool thread finishes; the loop thread itself polls next anyway."""
         loop_thread = self.loop_thread
 
         def wake() -> None:
-            if threading.get_ident() != loop_thread:
+            if get_ident() != loop_thread:
                 pull_trigger()
 
         return wake
@@ -210,7 +221,10 @@ class HybridDispatch(Dispatch):
                     task = pending.popleft()
                 except IndexError:
                     return  # the relief thread handed it to the pool
-                _serve(task)
+                try:
+                    task.service()
+                except Exception:
+                    log.exception("Exception when servicing %r", task)
         finally:
             relief.end()
 
@@ -309,6 +323,7 @@ class Relief:
         # NOTE: built on the loop thread, so its native id is this thread's.
         self.loop_thread = LoopThread(hybrid.loop_thread, threading.get_native_id())
         self.active = threading.Event()  # set while the loop serves inline; cleared by the relief thread
+        self.awake = False  # as active is set; a plain read, as begin() is every fast request's path
         self.closing = False  # set once by close(); read by the relief thread
         self.since = 0.0  # loop thread writes, relief thread reads: when the batch began; 0: none
         # Whoever hands over or resumes (the relief thread, or the loop thread holding the loop's lock):
@@ -319,7 +334,8 @@ class Relief:
     def begin(self) -> None:
         """The loop thread starts serving a batch."""
         self.since = time.monotonic()
-        if not self.active.is_set():
+        if not self.awake:
+            self.awake = True
             self.active.set()
 
     def end(self) -> None:
@@ -353,18 +369,26 @@ class Relief:
         looks = asleep = 0  # looks inside a batch, and how many found the loop thread asleep on I/O
         last_asleep_in = 0.0  # the batch the last look found asleep in
         watched = cpu_at_first_look = 0.0  # the batch being timed, and the loop's CPU clock then
+        interval = RELIEF_CHECK
         while not self.closing:
-            active.wait()
-            time.sleep(RELIEF_CHECK)
+            if not active.is_set():
+                active.wait()
+                interval = RELIEF_CHECK  # NOTE: serving again after a quiet spell: look closely
+            time.sleep(interval)
             since = self.since
             now = time.monotonic()
             if not since:
+                interval = min(RELIEF_CHECK_MAX, 2 * interval)
                 if now - last_busy >= RELIEF_IDLE:
+                    self.awake = False
                     active.clear()
                     if self.since:  # NOTE: begin() ran between the check and the clear
+                        self.awake = True
                         active.set()
                 continue
             last_busy = now
+            # NOTE: a batch seen at the last look too is one worth watching closely.
+            interval = RELIEF_CHECK if since == watched else min(RELIEF_CHECK_MAX, 2 * interval)
             # NOTE: a batch begun before a hand-over is watched too: the loop
             # thread serving it is not polling. Its CPU time counts from the
             # first look at it, not its wall time: a thread preempted on a busy
@@ -378,6 +402,7 @@ class Relief:
                 continue
             looks += 1
             if self.loop_thread.asleep_on_io():
+                interval = RELIEF_CHECK
                 asleep += 1
                 if last_asleep_in == since and self.since == since:
                     self._relieve(since, housekeeping, "a request waited on I/O")

@@ -17,6 +17,7 @@ follows a request through them.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
@@ -95,38 +96,30 @@ class FleetServer:
         self.accounting = Accounting(settings.access_log, self.listeners.wake_loop)
         busy = self.accounting.busy
         self.gate = Gate(self.loop, self.listeners.filenos(), settings.threads, settings.connection_limit,
-                         working=lambda: self.dispatch.working(busy),
+                         working=functools.partial(self.dispatch.working, busy),
                          requests_done=lambda: self.accounting.requests_done)
         self.listeners.adapt(readable=self.gate.readable, accept=self.gate.accept_batch,
                              wake=self.dispatch.wake)
         self.drain = Drain(self.loop, self.listeners)
+        # The Host: what waitress's objects tell the worker, straight to the object that owns each.
+        # NOTE: bound here, not methods that pass the call on: these run for every request.
+        self.connection_accepted: Callable[[bool], None] = self.gate.connection_accepted
+        self.fresh_read: Callable[[], None] = self.gate.fresh_read
+        self.request_started: Callable[[int], None] = self.accounting.started
+        self.request_finished: Callable[[int, FleetTask], None] = self.accounting.finished
+        self.request_paused: Callable[[int], None] = self.accounting.paused
         self.deadlines = Deadlines(settings)
         self.signal_pipe = SignalPipe(self.loop)
         self.loop.seal()
 
-    # -- the Host: told by waitress's objects --------------------------------------------------
-
-    def connection_accepted(self, fresh: bool) -> None:
-        self.gate.connection_accepted(fresh)
-
-    def fresh_read(self) -> None:
-        self.gate.fresh_read()
-
-    def request_started(self, thread: int) -> None:
-        self.accounting.started(thread)
-
-    def request_finished(self, thread: int, task: FleetTask) -> None:
-        self.accounting.finished(thread, task)
-
-    def request_paused(self, thread: int) -> None:
-        self.accounting.paused(thread)
+    # -- the Host: asked by waitress's objects (the rest is bound in __init__) ----------------------
 
     def ends_keepalive(self, channel: FleetChannel) -> bool:
-        return self.drain.active or self.connection_expired(channel)
-
-    def connection_expired(self, channel: FleetChannel) -> bool:
+        """A drain, or the connection's age past FLEET_KEEPALIVE_MAX_AGE (so clients spread again)."""
+        if self.drain.active:
+            return True
         max_age = self.settings.keepalive_max_age
-        return bool(max_age) and time.time() - channel.opened() >= max_age
+        return bool(max_age) and time.monotonic() - channel.accepted_at >= max_age
 
     # -- asked by the Worker --------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from threading import get_ident
 from typing import Any, Protocol
 
 import waitress
@@ -42,7 +43,7 @@ from waitress.buffers import ReadOnlyFileBasedBuffer
 from waitress.channel import ClientDisconnected, HTTPChannel
 from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import BaseWSGIServer
-from waitress.task import ThreadedTaskDispatcher, WSGITask
+from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
 from waitress.utilities import InternalServerError, RequestHeaderFieldsTooLarge
 
 # Bodies up to this size are joined to their header for one send(); larger
@@ -59,28 +60,28 @@ REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
 PAUSE_AT = 256 * 1024
 RESUME_AT = 64 * 1024
 _FRAMING_HEADER = re.compile(rb"^(content-length|transfer-encoding)[ \t]*:", re.I | re.M)
-_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 section 5.6.2: a token
+_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ")  # RFC 9110 section 5.6.2: a token, then SP
 
 
 class Host(Protocol):
-    """What waitress's objects, as fleet adapts them, tell the worker and ask it (FleetServer)."""
+    """What waitress's objects, as fleet adapts them, tell the worker and ask it (FleetServer).
+
+    The callables are called for every connection or request, so a Host holds
+    the bound methods of the objects that own them rather than methods that
+    pass the call on (a Python call each, on every request's path).
+    """
 
     instance: str
-
-    def connection_accepted(self, fresh: bool) -> None:
-        """A connection was accepted (loop thread); ``fresh``: it had bytes waiting."""
-
-    def fresh_read(self) -> None:
-        """A fresh connection's first bytes were read, or it closed before (loop thread)."""
-
-    def request_started(self, thread: int) -> None:
-        """``thread`` begins serving a request."""
-
-    def request_finished(self, thread: int, task: FleetTask) -> None:
-        """``thread`` served ``task`` (it may have failed)."""
-
-    def request_paused(self, thread: int) -> None:
-        """``thread`` paused its request's response for the client to read it; it goes on later."""
+    connection_accepted: Callable[[bool], None]
+    """A connection was accepted (loop thread); its argument: it had bytes waiting."""
+    fresh_read: Callable[[], None]
+    """A fresh connection's first bytes were read, or it closed before (loop thread)."""
+    request_started: Callable[[int], None]
+    """This thread begins serving a request."""
+    request_finished: Callable[[int, FleetTask], None]
+    """This thread served this task (it may have failed)."""
+    request_paused: Callable[[int], None]
+    """This thread paused its request's response for the client to read it; it goes on later."""
 
     def ends_keepalive(self, channel: FleetChannel) -> bool:
         """Whether the response being sent on ``channel`` closes it (a drain, its age)."""
@@ -112,26 +113,37 @@ class FleetParser(HTTPRequestParser):  # type: ignore[misc]
             self.error = RequestHeaderFieldsTooLarge(
                 f"more than {self.max_headers} header fields (FLEET_MAX_HEADERS)")
             return
-        framing = {name.lower() for name in _FRAMING_HEADER.findall(header_plus)}
-        if len(framing) == 2:
-            raise ParsingError("Content-Length and Transfer-Encoding together")
-        if not _METHOD.match(header_plus, 0, max(0, header_plus.find(b" "))):
+        if not _METHOD.match(header_plus):
             raise ParsingError("the request method is not a token")
+        framing = _FRAMING_HEADER.findall(header_plus)
+        if len(framing) > 1 and len({name.lower() for name in framing}) == 2:
+            raise ParsingError("Content-Length and Transfer-Encoding together")
         super().parse_header(header_plus)
 
 
-_serving = threading.local()  # .task: the FleetTask whose app this thread is calling
+class _Serving(threading.local):
+    task: FleetTask | None = None  # the FleetTask whose app this thread is calling
 
 
-def pausable(app: Callable[..., Any]) -> Callable[..., Any]:
+_serving = _Serving()
+
+
+def adapt_app(app: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a WSGI app: a body of more than one chunk comes back as a :class:`Body` its task can pause.
 
     A one-chunk list (most answers) and a ``wsgi.file_wrapper`` (which the
     channel sends from the file as the client reads) are left as they are.
+    A HEAD request is offered no file wrapper, so its body is dropped.
     """
     def serve(environ: Any, start_response: Any) -> Any:
+        if environ["REQUEST_METHOD"] == "HEAD":
+            # NOTE: a file wrapper is sent by the channel, past FleetTask.write():
+            # without it the app's body comes through write(), which drops it for HEAD.
+            environ.pop("wsgi.file_wrapper", None)
         body = app(environ, start_response)
-        task: FleetTask | None = getattr(_serving, "task", None)
+        if body.__class__ is list and len(body) <= 1:
+            return body  # NOTE: most answers, so checked first
+        task = _serving.task
         if task is None or body.__class__ is ReadOnlyFileBasedBuffer:
             return body
         if hasattr(body, "__len__") and len(body) <= 1:
@@ -184,19 +196,22 @@ class FleetTask(WSGITask):  # type: ignore[misc]
     wrote_header: bool  # waitress's Task attributes that write() relies on
     complete: bool
     pausing = False  # the body stops at its next chunk; cleared when resumed
-    _body: Body | None = None  # the app's body, if it may pause (pausable())
+    _body: Body | None = None  # the app's body, if it may pause (adapt_app())
     _length: int | None = None  # content_length, put aside while paused
 
     def service(self) -> None:
-        host = _host(self.channel.server)
-        thread = threading.get_ident()
+        host = self.channel.host
+        thread = get_ident()
         host.request_started(thread)
         _serving.task = self
         try:
             super().service()
         finally:
             _serving.task = None
-            self._served(host, thread)
+            if self.pausing:
+                host.request_paused(thread)
+            else:
+                host.request_finished(thread, self)
 
     def _served(self, host: Host, thread: int) -> None:
         if self.pausing:
@@ -205,14 +220,14 @@ class FleetTask(WSGITask):  # type: ignore[misc]
             host.request_finished(thread, self)
 
     def hold(self, body: Any) -> Body:
-        """The app's body, as a :class:`Body` this task may pause (called by :func:`pausable`)."""
+        """The app's body, as a :class:`Body` this task may pause (called by :func:`adapt_app`)."""
         self._body = Body(self, body)
         return self._body
 
     def resume(self) -> None:
         """Go on with a paused response from its next chunk, on this thread."""
-        host = _host(self.channel.server)
-        thread = threading.get_ident()
+        host = self.channel.host
+        thread = get_ident()
         host.request_started(thread)
         body = self._body
         assert body is not None
@@ -252,14 +267,6 @@ class FleetTask(WSGITask):  # type: ignore[misc]
             (self.status or "-").split(" ", 1)[0],
             self.content_bytes_written,
         )
-
-    def get_environment(self) -> Any:
-        environ = super().get_environment()
-        if self.request.command == "HEAD":
-            # NOTE: a file wrapper is sent by the channel, past write(): without
-            # it the app's body comes through write(), which drops it for HEAD.
-            environ.pop("wsgi.file_wrapper", None)
-        return environ
 
     def write(self, data: bytes) -> None:
         if self.request.command == "HEAD":
@@ -301,13 +308,19 @@ class FleetTask(WSGITask):  # type: ignore[misc]
         super().finish()
 
     def build_response_header(self) -> Any:
-        host = _host(self.channel.server)
+        host = self.channel.host
         if host.ends_keepalive(self.channel):
             # NOTE: as if the client had asked: waitress 2.1 and 3.x both then
             # send "Connection: close" and close once the response is out.
             self.request.headers["CONNECTION"] = "close"
         self.response_headers.append(("X-Fleet-Worker", host.instance))
         return super().build_response_header()
+
+
+class FleetErrorTask(ErrorTask):  # type: ignore[misc]
+    """waitress's answer to a request it could not parse (or to a failed app): it never pauses."""
+
+    pausing = False
 
 
 class FleetChannel(HTTPChannel):  # type: ignore[misc]
@@ -326,9 +339,13 @@ class FleetChannel(HTTPChannel):  # type: ignore[misc]
     """
 
     task_class = FleetTask
+    error_task_class = FleetErrorTask
     parser_class = FleetParser
-    # NOTE: both set holding outbuf_lock, by the thread serving the channel and the loop thread.
+    host: Host  # the worker this connection tells of its requests
+    # Set holding outbuf_lock, by the thread serving the channel and the loop thread:
     _paused: FleetTask | None = None  # a response paused until the client reads most of it
+    # Set holding outbuf_lock by the loop thread, before the add_task() that hands it over;
+    # cleared by the service() that add_task() runs, the only thread then on the channel:
     _resuming: FleetTask | None = None  # a paused response handed to the next service()
     requests: list[Any]  # waitress's: read, queued and served under requests_lock
     current_outbuf_count: int
@@ -337,7 +354,8 @@ class FleetChannel(HTTPChannel):  # type: ignore[misc]
         self.accepted_at = time.monotonic()
         self.spoke = False
         self._fresh = _has_unread_bytes(sock)
-        _host(server).connection_accepted(self._fresh)
+        self.host = _host(server)
+        self.host.connection_accepted(self._fresh)
         self.timed: Any = None  # the partial request the two times below are for
         self.head_started = 0.0
         self.body_started = 0.0
@@ -347,7 +365,7 @@ class FleetChannel(HTTPChannel):  # type: ignore[misc]
         self.spoke = True
         if self._fresh:
             self._fresh = False
-            _host(self.server).fresh_read()
+            self.host.fresh_read()
 
     def received(self, data: bytes) -> Any:
         if not self.spoke:
@@ -393,60 +411,58 @@ class FleetChannel(HTTPChannel):  # type: ignore[misc]
         addition: a task that pauses leaves its request first in line, and
         the channel resumes it once the client has read enough.
         """
-        with self.outbuf_lock:
-            task, self._resuming = self._resuming, None
+        # NOTE: no lock to read it: _resume() set it before the add_task() that runs this.
+        task = self._resuming
         if task is None:
             request = self.requests[0]
             task = (self.error_task_class if request.error else self.task_class)(self, request)
-            run = task.service
+            run, resuming = task.service, False
         else:
+            self._resuming = None
             request = task.request
-            run = task.resume
+            run, resuming = task.resume, True
         while True:
-            task = self._run(task, run, request, resuming=run != task.service)
-            if not getattr(task, "pausing", False):  # NOTE: waitress's ErrorTask never pauses
+            try:
+                if self.connected or resuming:  # NOTE: resume() closes the app's body if the client left
+                    run()
+                else:
+                    task.close_on_finish = True
+            except ClientDisconnected:
+                self.logger.info("Client disconnected while serving %s", task.request.path)
+                task.close_on_finish = True
+            except Exception:
+                task = self._failed(task, request)
+            if not task.pausing:
                 break
             with self.outbuf_lock:
                 if self.connected and self.total_outbufs_len > RESUME_AT:
                     self._paused = task
                     self.server.pull_trigger()
                     return
-            run = task.resume  # NOTE: the client already read it: go on at once
+            run, resuming = task.resume, True  # NOTE: the client read it already: go on at once
         self._done(task, request)
 
-    def _run(self, task: Any, run: Callable[[], None], request: Any, resuming: bool) -> Any:
-        """Run ``run`` (serve or resume ``task``); answer 500 if it fails before a header went out.
-
-        Returns the task that answered: ``task``, or the one that answered 500.
-        """
-        try:
-            if self.connected or resuming:  # NOTE: resume() closes the app's body if the client left
-                run()
-            else:
-                task.close_on_finish = True
-        except ClientDisconnected:
-            self.logger.info("Client disconnected while serving %s", task.request.path)
+    def _failed(self, task: Any, request: Any) -> Any:
+        """The app raised: answer 500 if no header went out yet, else close. Returns who answered."""
+        self.logger.exception("Exception while serving %s", task.request.path)
+        if task.wrote_header:
             task.close_on_finish = True
-        except Exception:
-            self.logger.exception("Exception while serving %s", task.request.path)
-            if task.wrote_header:
-                task.close_on_finish = True
-                return task
-            if self.adj.expose_tracebacks:
-                body = traceback.format_exc()
-            else:
-                body = "The server encountered an unexpected internal server error"
-            failed = self.parser_class(self.adj)
-            failed.error = InternalServerError(body)
-            # NOTE: what HTTP/1.1 needs of the original request
-            failed.version = request.version
-            if "CONNECTION" in request.headers:
-                failed.headers["CONNECTION"] = request.headers["CONNECTION"]
-            task = self.error_task_class(self, failed)
-            try:
-                task.service()  # NOTE: must not fail
-            except ClientDisconnected:
-                task.close_on_finish = True
+            return task
+        if self.adj.expose_tracebacks:
+            body = traceback.format_exc()
+        else:
+            body = "The server encountered an unexpected internal server error"
+        failed = self.parser_class(self.adj)
+        failed.error = InternalServerError(body)
+        # NOTE: what HTTP/1.1 needs of the original request
+        failed.version = request.version
+        if "CONNECTION" in request.headers:
+            failed.headers["CONNECTION"] = request.headers["CONNECTION"]
+        task = self.error_task_class(self, failed)
+        try:
+            task.service()  # NOTE: must not fail
+        except ClientDisconnected:
+            task.close_on_finish = True
         return task
 
     def _done(self, task: Any, request: Any) -> None:
@@ -515,11 +531,6 @@ class FleetChannel(HTTPChannel):  # type: ignore[misc]
         """When a byte was last read or written (time.time())."""
         last: float = self.last_activity
         return last
-
-    def opened(self) -> float:
-        """When the connection was accepted (time.time())."""
-        created: float = self.creation_time
-        return created
 
     def has_unread_bytes(self) -> bool:
         return _has_unread_bytes(self.socket)
@@ -630,7 +641,7 @@ class Listeners:
                  pool: ThreadPool, host: Host, max_headers: int, **adjustments: Any) -> None:
         for family_sockets in _by_kind(sockets):
             waitress.create_server(
-                pausable(app), map=loop.map, _start=False, _dispatcher=pool,
+                adapt_app(app), map=loop.map, _start=False, _dispatcher=pool,
                 sockets=family_sockets, **adjustments,
             )
         self.servers = [obj for obj in loop.map.values() if isinstance(obj, BaseWSGIServer)]

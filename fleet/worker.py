@@ -252,12 +252,14 @@ class Worker:
         """
         server, settings = self.server, self.settings
         now = time.monotonic()
-        if not server.is_draining():
+        draining = server.is_draining()
+        if not draining and (self.stop_reason or server.recycle_due()):
             if self.stop_reason:
                 self.begin_drain(f"{self.stop_reason} received")
-            elif server.recycle_due():
+            else:
                 self.begin_drain(f"recycling after {server.requests_served()} requests (FLEET_MAX_REQUESTS)")
-        if now < self.next_check and not server.is_draining():
+            draining = True
+        if now < self.next_check and not draining:
             return False
         self.next_check = now + TICK
         server.resume_inline(now)
