@@ -85,7 +85,10 @@ SETS: dict[str, list[Variant]] = {
         Variant("0.1.0's worker (FLEET_TREE)", {"FLEET_TREE": os.environ.get("FLEET_TREE", "")},
                 module="bench.experiments.old_worker"),
         Variant("FLEET_THREADS=0 (no relief thread)", {"FLEET_THREADS": "0"}),
-        Variant("relief looks every 20 ms (prototype)", {"RELIEF_CHECK_MS": "20"},
+        Variant("relief looks every 20 ms (prototype)",
+                {"RELIEF_CHECK_MS": "20", "RELIEF_CHECK_MAX_MS": "20"},
+                module="bench.experiments.relief_worker"),
+        Variant("relief backs off to 64 ms (prototype)", {"RELIEF_CHECK_MAX_MS": "64"},
                 module="bench.experiments.relief_worker"),
     ],
     "inline": [
