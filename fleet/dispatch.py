@@ -382,7 +382,9 @@ class Relief:
                 if now - last_busy >= RELIEF_IDLE:
                     self.awake = False
                     active.clear()
-                    if self.since:  # NOTE: begin() ran between the check and the clear
+                    # NOTE: begin() ran between the check and the clear: its batch may be
+                    # running (since) or over already, its set() undone by the clear (awake).
+                    if self.since or self.awake:
                         self.awake = True
                         active.set()
                 continue
