@@ -221,10 +221,7 @@ class HybridDispatch(Dispatch):
                     task = pending.popleft()
                 except IndexError:
                     return  # the relief thread handed it to the pool
-                try:
-                    task.service()
-                except Exception:
-                    log.exception("Exception when servicing %r", task)
+                _serve(task)
         finally:
             relief.end()
 
@@ -323,7 +320,6 @@ class Relief:
         # NOTE: built on the loop thread, so its native id is this thread's.
         self.loop_thread = LoopThread(hybrid.loop_thread, threading.get_native_id())
         self.active = threading.Event()  # set while the loop serves inline; cleared by the relief thread
-        self.awake = False  # as active is set; a plain read, as begin() is every fast request's path
         self.closing = False  # set once by close(); read by the relief thread
         self.since = 0.0  # loop thread writes, relief thread reads: when the batch began; 0: none
         # Whoever hands over or resumes (the relief thread, or the loop thread holding the loop's lock):
@@ -334,8 +330,7 @@ class Relief:
     def begin(self) -> None:
         """The loop thread starts serving a batch."""
         self.since = time.monotonic()
-        if not self.awake:
-            self.awake = True
+        if not self.active.is_set():
             self.active.set()
 
     def end(self) -> None:
@@ -380,12 +375,8 @@ class Relief:
             if not since:
                 interval = min(RELIEF_CHECK_MAX, 2 * interval)
                 if now - last_busy >= RELIEF_IDLE:
-                    self.awake = False
                     active.clear()
-                    # NOTE: begin() ran between the check and the clear: its batch may be
-                    # running (since) or over already, its set() undone by the clear (awake).
-                    if self.since or self.awake:
-                        self.awake = True
+                    if self.since:  # NOTE: begin() ran between the check and the clear
                         active.set()
                 continue
             last_busy = now

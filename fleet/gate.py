@@ -98,14 +98,11 @@ class Gate:
 
     def readable(self, readable: Callable[[], Any]) -> Callable[[], bool]:
         """Wrap a listener's readable(): poll it for new connections only while the gate is open."""
-        loop, working = self.loop, self._working
-
         def gated() -> bool:
             # NOTE: readable() also runs waitress's idle-connection maintenance: call it first.
-            # has_room() and has_capacity(), spelt out: this runs every poll pass.
-            if not readable() or (loop.connections() >= self.limit and not self._make_room()):
+            if not (readable() and self.has_room()):
                 return False
-            if working() + self.fresh < self.threads:
+            if self.has_capacity():
                 self.seen_empty = time.monotonic()  # NOTE: whatever waits is accepted in this pass
                 self.owed = 0
                 return True

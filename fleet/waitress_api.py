@@ -208,10 +208,7 @@ class FleetTask(WSGITask):  # type: ignore[misc]
             super().service()
         finally:
             _serving.task = None
-            if self.pausing:
-                host.request_paused(thread)
-            else:
-                host.request_finished(thread, self)
+            self._served(host, thread)
 
     def _served(self, host: Host, thread: int) -> None:
         if self.pausing:

@@ -253,12 +253,13 @@ class Worker:
         server, settings = self.server, self.settings
         now = time.monotonic()
         draining = server.is_draining()
-        if not draining and (self.stop_reason or server.recycle_due()):
+        if not draining:
             if self.stop_reason:
                 self.begin_drain(f"{self.stop_reason} received")
-            else:
+                draining = True
+            elif server.recycle_due():
                 self.begin_drain(f"recycling after {server.requests_served()} requests (FLEET_MAX_REQUESTS)")
-            draining = True
+                draining = True
         if now < self.next_check and not draining:
             return False
         self.next_check = now + TICK
