@@ -57,6 +57,9 @@ class Measure:
     split: tuple[int, ...]  # open connections per worker, sampled mid-run
     wrk_cpu_seconds: float  # the load generator's own CPU time: it shares the machine
     other_cpu_seconds: float  # CPU time of everything else on the machine: the noise
+    # wrk's clients still in the listen socket's accept queue, sampled mid-run: none of
+    # their requests is in wrk's latencies, which cover only the clients served.
+    unaccepted: int = 0
 
     @property
     def cpu_ms_per_request(self) -> float:
@@ -127,11 +130,13 @@ def measure_once(peer: Peer, duration: float, warmup: float = 2.0, connections: 
     account()
     before = dict(seen)
     split: list[tuple[int, ...]] = []
+    unaccepted: list[int] = []
 
     def sample_split() -> None:
         time.sleep(duration / 2)
         conns = net.connections(peer.workers(), peer.port)
         split.append(tuple(sorted(conns.values(), reverse=True)))
+        unaccepted.append(net.accept_queue(peer.port))
 
     sampler = threading.Thread(target=sample_split, daemon=True)
     sampler.start()
@@ -156,6 +161,7 @@ def measure_once(peer: Peer, duration: float, warmup: float = 2.0, connections: 
         split=split[0] if split else (),
         wrk_cpu_seconds=wrk_cpu,
         other_cpu_seconds=max(0.0, machine_busy - cpu - wrk_cpu - own_cpu),
+        unaccepted=unaccepted[0] if unaccepted else 0,
     )
 
 

@@ -50,14 +50,29 @@ def listen(port: int = 0, backlog: int = 128, *, nodelay: bool = False) -> socke
     return sock
 
 
-def _tcp_sockets(port: int) -> Iterator[tuple[str, int]]:
-    """(state code, inode) of every TCP socket whose local port is ``port``, IPv4 and IPv6."""
+def _tcp_lines(port: int) -> Iterator[list[str]]:
+    """The /proc/net/tcp and tcp6 fields of every TCP socket whose local port is ``port``."""
     for name in ("tcp", "tcp6"):
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/net/{name}").read_text().splitlines()[1:]:
                 fields = line.split()
                 if int(fields[1].rsplit(":", 1)[1], 16) == port:
-                    yield fields[3], int(fields[9])
+                    yield fields
+
+
+def _tcp_sockets(port: int) -> Iterator[tuple[str, int]]:
+    """(state code, inode) of every TCP socket whose local port is ``port``, IPv4 and IPv6."""
+    for fields in _tcp_lines(port):
+        yield fields[3], int(fields[9])
+
+
+def accept_queue(port: int) -> int:
+    """Connections the kernel has set up on ``port`` that no process has accepted yet.
+
+    NOTE: for a listening socket, /proc/net/tcp's rx_queue is its accept queue's length:
+    clients whose requests no server process has even seen.
+    """
+    return sum(int(f[4].split(":")[1], 16) for f in _tcp_lines(port) if f[3] == "0A")
 
 
 def server_connections(port: int) -> Counter[str]:
