@@ -2,6 +2,7 @@
 
     /usr/bin/python3 -m bench.experiments.tune threads          # FLEET_THREADS 1, 2, 4, 8
     /usr/bin/python3 -m bench.experiments.tune inline --rounds 5
+    /usr/bin/python3 -m bench.experiments.tune threads --app django
 
 Each variant is fleet-bare with other FLEET_* settings, another worker count, or a
 prototype worker module from this folder (a monkeypatch of fleet, never product code).
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import load  # noqa: E402
-from bench.peers import FleetBare, usable_cpus  # noqa: E402
+from bench.peers import FleetBare, make_django_db, site_packages, usable_cpus  # noqa: E402
 from bench.report import med  # noqa: E402
 from harness import procs  # noqa: E402
 
@@ -91,6 +92,13 @@ SETS: dict[str, list[Variant]] = {
         Variant("relief backs off to 64 ms (prototype)", {"RELIEF_CHECK_MAX_MS": "64"},
                 module="bench.experiments.relief_worker"),
     ],
+    "tree": [
+        BASE,
+        Variant("FLEET_TREE's worker", {"FLEET_TREE": os.environ.get("FLEET_TREE", "")},
+                module="bench.experiments.old_worker"),
+        Variant("this tree's worker, started as FLEET_TREE's (the noise)", {"FLEET_TREE": str(REPO)},
+                module="bench.experiments.old_worker"),
+    ],
     "inline": [
         BASE,
         Variant("FLEET_THREADS=0 (inline)", {"FLEET_THREADS": "0"}),
@@ -107,6 +115,7 @@ class Experiment:
     rounds: int
     duration: float
     logs: Path
+    app: str
 
     @classmethod
     def parse(cls, prog: str, sets: dict[str, list[Variant]], duration: float,
@@ -115,12 +124,13 @@ class Experiment:
         p.add_argument("set", choices=sorted(sets), nargs="+")
         p.add_argument("--rounds", type=int, default=3)
         p.add_argument("--duration", type=float, default=duration)
+        p.add_argument("--app", default="hello", help="the bench/apps.py callable served (default: hello)")
         args = p.parse_args(argv)
         logs = REPO / "bench" / "results" / f"{prog}-{time.strftime('%Y%m%d-%H%M%S')}"
         logs.mkdir(parents=True, exist_ok=True)
         procs.stop_on_signals()
         variants = [BASE] + [v for s in args.set for v in sets[s] if v != BASE]
-        return cls(variants, args.rounds, args.duration, logs)
+        return cls(variants, args.rounds, args.duration, logs, args.app)
 
     def runs(self) -> Iterator[tuple[int, Variant]]:
         """(round, variant) in running order: each round rotated, so none always runs first."""
@@ -134,15 +144,20 @@ def main(argv: list[str] | None = None) -> int:
     exp = Experiment.parse("tune", SETS, 8.0, argv)
     variants, logs = exp.variants, exp.logs
     results: dict[str, list[load.Measure]] = {v.name: [] for v in variants}
+    app_env: dict[str, str] = {}
+    if exp.app == "django":
+        make_django_db()
+        app_env["PYTHONPATH"] = f"{REPO}:{site_packages()}"  # NOTE: Django is in the bench venv
     try:
         for r, v in exp.runs():
             peer = FleetBare(
                 "fleet-bare",
                 v.name,
                 logs,
-                fleet_env=v.env,
+                fleet_env={**app_env, **v.env},
                 module=v.module,
                 workers_wanted=v.workers or N,
+                app=exp.app,
             )
             try:
                 peer.start()
