@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from threading import get_ident
+from time import monotonic as _monotonic
 from typing import Any
 
 from fleet.settings import Settings
@@ -33,9 +34,9 @@ OUTPUT_SPOOL = 256 * 2**20
 # How often the relief thread looks at the request the event loop is serving
 # inline, and how long it polls in one pass while it holds the loop. Each
 # look takes the GIL from the loop thread (a context switch or two on its
-# CPU), so while looks find only batches that end between two looks (an app
+# CPU), so while looks find only requests that end between two looks (an app
 # that neither waits nor runs long), the interval doubles up to
-# RELIEF_CHECK_MAX; a look that finds a batch it saw before, or the loop
+# RELIEF_CHECK_MAX; a look that finds a request it saw before, or the loop
 # asleep on I/O, brings it back to RELIEF_CHECK.
 RELIEF_CHECK = 0.002
 RELIEF_CHECK_MAX = 0.016
@@ -46,10 +47,14 @@ RELIEF_POLL = 0.005
 # requests that wait are being served one at a time, and the threads take over.
 WAIT_SAMPLES = 8
 WAIT_SHARE = 0.5
-# A batch that neither computes FLEET_INLINE_MAX nor is seen waiting on I/O
+# A request that neither computes FLEET_INLINE_MAX nor is seen waiting on I/O
 # (a lock, a preempted thread) is stood in for after this many times it in
 # wall time, so the worker's other connections are never left unpolled long.
 WALL_LIMIT_FACTOR = 10
+# The loop thread polls again once it has served requests on the loop for this
+# long, and serves the rest after: requests read meanwhile queue behind them,
+# served in turn rather than behind a whole pass's worth of requests more.
+INLINE_SLICE = 0.002
 # With no request served inline for this long, the relief thread sleeps until one is.
 RELIEF_IDLE = 0.2
 # After a request waited or ran long inline, requests go to the pool for a
@@ -211,17 +216,23 @@ class HybridDispatch(Dispatch):
 
     def serve_pending(self) -> None:
         pending, relief = self.pending, self.relief
-        relief.begin()
+        relief.begin()  # NOTE: the first request's start
         try:
-            while pending:
+            while True:
                 if not self.inline:
-                    self.all_to_pool()  # NOTE: the relief thread or the last batch handed over
+                    self.all_to_pool()  # NOTE: the relief thread or the last request handed over
                     return
                 try:
                     task = pending.popleft()
                 except IndexError:
                     return  # the relief thread handed it to the pool
                 _serve(task)
+                if not pending:
+                    return
+                now = _monotonic()
+                if now - relief.batch >= INLINE_SLICE:
+                    return  # NOTE: the loop polls, and what it reads queues behind the rest
+                relief.since = now  # NOTE: the next request's start
         finally:
             relief.end()
 
@@ -300,17 +311,24 @@ class LoopThread:
 class Relief:
     """Watch what serving on the event loop costs; hand the loop's work to the pool when requests wait.
 
-    The loop thread serves each poll pass's requests as one batch and marks
-    it (:meth:`begin`, :meth:`end`: a clock read, nothing more, as this is
-    every fast request's path). A relief thread looks at the loop thread
-    every RELIEF_CHECK while it serves: asleep on I/O in two looks in a row
+    The loop thread serves each poll pass's requests as one batch, and
+    marks when the batch and each request in it began (:meth:`begin`,
+    :meth:`end`, ``since``: a clock read, nothing more, as this is every
+    fast request's path). A relief thread looks at the loop thread every
+    RELIEF_CHECK while it serves: asleep on I/O in two looks in a row
     within one batch, or in WAIT_SHARE of WAIT_SAMPLES looks, the requests
-    wait and are served one at a time; the threads take over. A batch that
-    still waits, or that used FLEET_INLINE_MAX of CPU, is stood in for: the relief
-    thread takes the loop over, hands the requests queued behind to the pool
-    and runs the loop until the batch ends. Then the pool serves for a
-    cool-down (COOLDOWN_MIN up to COOLDOWN_MAX). The relief thread sleeps
-    while nothing is served inline, so an idle worker uses no CPU.
+    wait and are served one at a time; the threads take over. A request
+    that used FLEET_INLINE_MAX of CPU is stood in for (the relief thread
+    takes the loop over, hands the requests queued behind to the pool and
+    runs the loop until the request ends), as is a batch still waiting.
+    Then the pool serves for a cool-down (COOLDOWN_MIN up to COOLDOWN_MAX).
+
+    The limit is a request's, not a batch's: a batch of many short requests
+    that only compute is served fastest in turn on the loop. On the pool the
+    same CPU work would be shared out by the GIL at the same pace, plus its
+    hand-offs (0.4 ms a request more for a Django view; bench/analysis.md).
+    The relief thread sleeps while nothing is served inline, so an idle
+    worker uses no CPU.
     """
 
     def __init__(self, hybrid: HybridDispatch, limit: float) -> None:
@@ -321,21 +339,24 @@ class Relief:
         self.loop_thread = LoopThread(hybrid.loop_thread, threading.get_native_id())
         self.active = threading.Event()  # set while the loop serves inline; cleared by the relief thread
         self.closing = False  # set once by close(); read by the relief thread
-        self.since = 0.0  # loop thread writes, relief thread reads: when the batch began; 0: none
+        # The loop thread writes, the relief thread reads; 0.0: none being served.
+        self.batch = 0.0  # when the batch being served began
+        self.since = 0.0  # when the request being served began
         # Whoever hands over or resumes (the relief thread, or the loop thread holding the loop's lock):
         self.resumes = 0.0  # when the loop serves inline again
         self.resumed_at = 0.0
         self.cooldown = COOLDOWN_MIN
 
     def begin(self) -> None:
-        """The loop thread starts serving a batch."""
-        self.since = time.monotonic()
+        """The loop thread starts serving a batch, with its first request."""
+        # NOTE: since is set before the event is read, as _watch() clears the event before it reads since.
+        self.batch = self.since = _monotonic()
         if not self.active.is_set():
             self.active.set()
 
     def end(self) -> None:
         """The loop thread served its batch."""
-        self.since = 0.0
+        self.batch = self.since = 0.0
 
     def hand_over(self, why: str) -> None:
         now = time.monotonic()
@@ -363,14 +384,14 @@ class Relief:
         last_busy = time.monotonic()
         looks = asleep = 0  # looks inside a batch, and how many found the loop thread asleep on I/O
         last_asleep_in = 0.0  # the batch the last look found asleep in
-        watched = cpu_at_first_look = 0.0  # the batch being timed, and the loop's CPU clock then
+        watched = cpu_at_first_look = 0.0  # the request being timed, and the loop's CPU clock then
         interval = RELIEF_CHECK
         while not self.closing:
             if not active.is_set():
                 active.wait()
                 interval = RELIEF_CHECK  # NOTE: serving again after a quiet spell: look closely
             time.sleep(interval)
-            since = self.since
+            batch, since = self.batch, self.since
             now = time.monotonic()
             if not since:
                 interval = min(RELIEF_CHECK_MAX, 2 * interval)
@@ -380,9 +401,9 @@ class Relief:
                         active.set()
                 continue
             last_busy = now
-            # NOTE: a batch seen at the last look too is one worth watching closely.
+            # NOTE: a request seen at the last look too is one worth watching closely.
             interval = RELIEF_CHECK if since == watched else min(RELIEF_CHECK_MAX, 2 * interval)
-            # NOTE: a batch begun before a hand-over is watched too: the loop
+            # NOTE: a request begun before a hand-over is watched too: the loop
             # thread serving it is not polling. Its CPU time counts from the
             # first look at it, not its wall time: a thread preempted on a busy
             # machine is not computing, and the threads would not serve faster.
@@ -397,21 +418,22 @@ class Relief:
             if self.loop_thread.asleep_on_io():
                 interval = RELIEF_CHECK
                 asleep += 1
-                if last_asleep_in == since and self.since == since:
-                    self._relieve(since, housekeeping, "a request waited on I/O")
+                if last_asleep_in == batch and self.batch == batch:
+                    self._relieve(self.since, housekeeping, "requests waited on I/O in turn")
                     looks = asleep = 0
                     last_asleep_in = 0.0
                     continue
-                last_asleep_in = since
+                last_asleep_in = batch
             if looks >= WAIT_SAMPLES:
                 if asleep >= WAIT_SHARE * looks and hybrid.inline:
                     self.hand_over(f"requests waited on I/O in {asleep} of {looks} looks")
                 looks = asleep = 0
 
     def _relieve(self, since: float, housekeeping: Housekeeping, why: str) -> None:
+        """Stand in for the loop thread while it serves the request begun at ``since``."""
         loop = self.loop
         with loop.lock:
-            if self.since != since:
+            if not since or self.since != since:
                 return  # it finished while we waited for the loop
             self.hand_over(why)
             self.resumes = float("inf")  # not before this relief ends

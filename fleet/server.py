@@ -130,7 +130,8 @@ class FleetServer:
     def poll(self, timeout: float) -> None:
         """One poll pass, then serve on this (the loop) thread what it read, if serving inline."""
         with self.loop.lock:
-            self.loop.poll_once(timeout)
+            # NOTE: requests left to serve on the loop: only what is ready now.
+            self.loop.poll_once(0.0 if self.dispatch.pending else timeout)
         if self.dispatch.pending:
             self.dispatch.serve_pending()
 

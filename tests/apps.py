@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import threading
@@ -32,10 +33,41 @@ def slow(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterabl
 
 
 def thread(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    """Answer the name of the thread serving the request, after ``?sleep=SECONDS`` (default 0)."""
+    """Answer the name of the thread serving the request.
+
+    First it sleeps ``?sleep=SECONDS`` and computes ``?compute=SECONDS`` of its
+    thread's CPU time (default 0 each).
+    """
     _entered(environ)
-    time.sleep(float(parse_qs(environ.get("QUERY_STRING", "")).get("sleep", ["0"])[0]))
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    time.sleep(float(query.get("sleep", ["0"])[0]))
+    until = time.thread_time() + float(query.get("compute", ["0"])[0])
+    while time.thread_time() < until:
+        pass
     body = threading.current_thread().name.encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+_turns = itertools.count()
+
+
+def turns(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """Answer how many requests the app began before this one (from 0), then compute.
+
+    ``?spin=PATH`` computes until PATH exists; ``?compute=SECONDS`` computes that
+    much of its thread's CPU time. Neither sleeps: to the worker, both only compute.
+    """
+    turn = next(_turns)
+    _entered(environ)
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    if "spin" in query:
+        while not os.path.exists(query["spin"][0]):
+            pass
+    until = time.thread_time() + float(query.get("compute", ["0"])[0])
+    while time.thread_time() < until:
+        pass
+    body = str(turn).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 

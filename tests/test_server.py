@@ -14,19 +14,11 @@ from typing import Any
 import pytest
 
 from harness.http import get
-from tests.test_worker import background_get, port_of
+from tests.test_worker import background_get, port_of, read_until_closed
 
 
 def connect(port: int, timeout: float = 10) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=timeout)
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes the connection (or the socket's timeout)."""
-    data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
-    return data
 
 
 def wait_until(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -15,6 +16,14 @@ import pytest
 
 from fleet.worker import EXIT_APP_LOAD, EXIT_CONFIG, EXIT_USAGE, StartHistory
 from harness.http import get
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (or the socket's timeout)."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
 
 
 def port_of(sock: socket.socket) -> int:
@@ -133,9 +142,7 @@ def test_serves_several_inherited_sockets(tmp_path, listener, spawn):
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     client.connect(str(tmp_path / "fleet.sock"))
     client.sendall(b"GET / HTTP/1.0\r\n\r\n")
-    reply = b""
-    while chunk := client.recv(4096):
-        reply += chunk
+    reply = read_until_closed(client)
     assert reply.startswith(b"HTTP/1.0 200") and reply.endswith(b"Hello World!")
     assert b"X-Fleet-Worker: 9" in reply
     worker.terminate()
@@ -514,6 +521,49 @@ def test_fast_requests_are_served_on_the_event_loop_and_slow_ones_on_the_pool(li
     assert served_by(port, "/?sleep=0.1") == "MainThread", "a request starts on the loop"
     after = served_by(port)
     assert after.startswith("waitress-"), f"after a request ran long on the loop, the pool serves: {after}"
+
+
+def test_many_short_computing_requests_stay_on_the_loop_and_one_long_one_goes_to_the_pool(listener, spawn):
+    # NOTE: no clock: CPU time, counted by the app itself. Pipelined on one
+    # connection, the 30 requests are one batch on the loop; together they
+    # compute 6 times FLEET_INLINE_MAX, each a fifth of it.
+    worker = spawn(listener, FLEET_APP="tests.apps:thread", FLEET_INLINE_MAX="100ms")
+    worker.notify.wait_for("READY", "1")
+    port = port_of(listener)
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        asks = [b"GET /?compute=0.02 HTTP/1.1\r\nHost: x\r\n\r\n"] * 29
+        sock.sendall(b"".join(asks) + b"GET /?compute=0.02 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answers = read_until_closed(sock)
+    served = re.findall(rb"\r\n\r\n(MainThread|waitress-\d+)", answers)
+    assert len(served) == 30, answers[-300:]
+    assert set(served) == {b"MainThread"}, "short requests that only compute were handed to the pool"
+    assert served_by(port, "/?compute=0.15") == "MainThread", "a request starts on the loop"
+    after = served_by(port)
+    assert after.startswith("waitress-"), f"after a request computed long, the pool serves: {after}"
+
+
+def test_a_request_read_while_the_loop_computes_waits_for_one_request_not_the_whole_pass(
+        tmp_path: Path, listener, spawn):
+    # NOTE: no clock: the order the app began requests in. The first of 6
+    # requests pipelined on one connection computes until the test has sent
+    # another connection's request; served a whole pass at a time, that
+    # request would wait for all 6.
+    worker = spawn(listener, FLEET_APP="tests.apps:turns", FLEET_INLINE_MAX="1s")
+    worker.notify.wait_for("READY", "1")
+    port = port_of(listener)
+    release = tmp_path / "release"
+    other = socket.create_connection(("127.0.0.1", port), timeout=60)
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock, other:
+        sock.sendall(f"GET /?spin={release} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+                     + b"GET /?compute=0.005 HTTP/1.1\r\nHost: x\r\n\r\n" * 4
+                     + b"GET /?compute=0.005 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        worker.wait_entered()
+        other.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        release.touch()
+        pipelined = re.findall(rb"\r\n\r\n(\d+)", read_until_closed(sock))
+        turn = int(read_until_closed(other).rsplit(b"\r\n\r\n", 1)[1])
+    assert len(pipelined) == 6 and pipelined[0] == b"0", pipelined
+    assert 1 <= turn < 5, f"the other connection's request began after {turn} of the 6"
 
 
 def test_a_long_request_on_the_loop_holds_up_no_other_connection(listener, spawn):
