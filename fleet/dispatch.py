@@ -42,9 +42,9 @@ RELIEF_CHECK = 0.002
 RELIEF_CHECK_MAX = 0.016
 RELIEF_POLL = 0.005
 # The relief thread samples the loop thread while it serves requests: once at
-# least WAIT_SAMPLES samples found it inside a batch and WAIT_SHARE of them
-# found it asleep on I/O, or two samples in a row inside the same batch did,
-# requests that wait are being served one at a time, and the threads take over.
+# least WAIT_SAMPLES samples found it serving and WAIT_SHARE of them found it
+# asleep on I/O, or two samples in a row did, requests that wait are being
+# served one at a time, and the threads take over.
 WAIT_SAMPLES = 8
 WAIT_SHARE = 0.5
 # A request that neither computes FLEET_INLINE_MAX nor is seen waiting on I/O
@@ -217,6 +217,7 @@ class HybridDispatch(Dispatch):
     def serve_pending(self) -> None:
         pending, relief = self.pending, self.relief
         relief.begin()  # NOTE: the first request's start
+        started = relief.since
         try:
             while True:
                 if not self.inline:
@@ -230,7 +231,7 @@ class HybridDispatch(Dispatch):
                 if not pending:
                     return
                 now = _monotonic()
-                if now - relief.batch >= INLINE_SLICE:
+                if now - started >= INLINE_SLICE:
                     return  # NOTE: the loop polls, and what it reads queues behind the rest
                 relief.since = now  # NOTE: the next request's start
         finally:
@@ -311,22 +312,21 @@ class LoopThread:
 class Relief:
     """Watch what serving on the event loop costs; hand the loop's work to the pool when requests wait.
 
-    The loop thread serves each poll pass's requests as one batch, and
-    marks when the batch and each request in it began (:meth:`begin`,
+    The loop thread marks when each request it serves began (:meth:`begin`,
     :meth:`end`, ``since``: a clock read, nothing more, as this is every
     fast request's path). A relief thread looks at the loop thread every
-    RELIEF_CHECK while it serves: asleep on I/O in two looks in a row
-    within one batch, or in WAIT_SHARE of WAIT_SAMPLES looks, the requests
-    wait and are served one at a time; the threads take over. A request
-    that used FLEET_INLINE_MAX of CPU is stood in for (the relief thread
-    takes the loop over, hands the requests queued behind to the pool and
-    runs the loop until the request ends), as is a batch still waiting.
-    Then the pool serves for a cool-down (COOLDOWN_MIN up to COOLDOWN_MAX).
+    RELIEF_CHECK while it serves: asleep on I/O in two looks in a row, or in
+    WAIT_SHARE of WAIT_SAMPLES looks, the requests wait and are served one
+    at a time; the threads take over. A request still waiting, or one that
+    used FLEET_INLINE_MAX of CPU, is stood in for: the relief thread takes
+    the loop over, hands the requests queued behind to the pool and runs
+    the loop until the request ends. Then the pool serves for a cool-down
+    (COOLDOWN_MIN up to COOLDOWN_MAX).
 
-    The limit is a request's, not a batch's: a batch of many short requests
-    that only compute is served fastest in turn on the loop. On the pool the
+    The limit is a request's, not a poll pass's: many short requests that
+    only compute are served fastest in turn on the loop. On the pool the
     same CPU work would be shared out by the GIL at the same pace, plus its
-    hand-offs (0.4 ms a request more for a Django view; bench/analysis.md).
+    hand-offs (0.3 ms a request more for a Django view; bench/analysis.md).
     The relief thread sleeps while nothing is served inline, so an idle
     worker uses no CPU.
     """
@@ -339,24 +339,22 @@ class Relief:
         self.loop_thread = LoopThread(hybrid.loop_thread, threading.get_native_id())
         self.active = threading.Event()  # set while the loop serves inline; cleared by the relief thread
         self.closing = False  # set once by close(); read by the relief thread
-        # The loop thread writes, the relief thread reads; 0.0: none being served.
-        self.batch = 0.0  # when the batch being served began
-        self.since = 0.0  # when the request being served began
+        self.since = 0.0  # loop thread writes, relief thread reads: when its request began; 0: none
         # Whoever hands over or resumes (the relief thread, or the loop thread holding the loop's lock):
         self.resumes = 0.0  # when the loop serves inline again
         self.resumed_at = 0.0
         self.cooldown = COOLDOWN_MIN
 
     def begin(self) -> None:
-        """The loop thread starts serving a batch, with its first request."""
+        """The loop thread starts serving what a poll pass read, with its first request."""
         # NOTE: since is set before the event is read, as _watch() clears the event before it reads since.
-        self.batch = self.since = _monotonic()
+        self.since = _monotonic()
         if not self.active.is_set():
             self.active.set()
 
     def end(self) -> None:
-        """The loop thread served its batch."""
-        self.batch = self.since = 0.0
+        """The loop thread served what it will for now."""
+        self.since = 0.0
 
     def hand_over(self, why: str) -> None:
         now = time.monotonic()
@@ -382,8 +380,8 @@ class Relief:
     def _watch(self, housekeeping: Housekeeping) -> None:
         active, hybrid = self.active, self.hybrid
         last_busy = time.monotonic()
-        looks = asleep = 0  # looks inside a batch, and how many found the loop thread asleep on I/O
-        last_asleep_in = 0.0  # the batch the last look found asleep in
+        looks = asleep = 0  # looks while serving, and how many found the loop thread asleep on I/O
+        last_look_asleep = False  # the last look found it serving and asleep on I/O
         watched = cpu_at_first_look = 0.0  # the request being timed, and the loop's CPU clock then
         interval = RELIEF_CHECK
         while not self.closing:
@@ -391,9 +389,10 @@ class Relief:
                 active.wait()
                 interval = RELIEF_CHECK  # NOTE: serving again after a quiet spell: look closely
             time.sleep(interval)
-            batch, since = self.batch, self.since
+            since = self.since
             now = time.monotonic()
             if not since:
+                last_look_asleep = False
                 interval = min(RELIEF_CHECK_MAX, 2 * interval)
                 if now - last_busy >= RELIEF_IDLE:
                     active.clear()
@@ -418,12 +417,14 @@ class Relief:
             if self.loop_thread.asleep_on_io():
                 interval = RELIEF_CHECK
                 asleep += 1
-                if last_asleep_in == batch and self.batch == batch:
-                    self._relieve(self.since, housekeeping, "requests waited on I/O in turn")
+                if last_look_asleep:
+                    self._relieve(self.since, housekeeping, "requests waited on I/O in two looks in a row")
                     looks = asleep = 0
-                    last_asleep_in = 0.0
+                    last_look_asleep = False
                     continue
-                last_asleep_in = batch
+                last_look_asleep = True
+            else:
+                last_look_asleep = False
             if looks >= WAIT_SAMPLES:
                 if asleep >= WAIT_SHARE * looks and hybrid.inline:
                     self.hand_over(f"requests waited on I/O in {asleep} of {looks} looks")
