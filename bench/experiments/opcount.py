@@ -1,0 +1,149 @@
+"""Count the Python bytecodes a worker executes per request, per function: a cost that does not vary.
+
+    /usr/bin/python3 -m bench.experiments.opcount                      # this tree
+    FLEET_TREE=<other tree> /usr/bin/python3 -m bench.experiments.opcount --tree
+
+Sampling profilers disagree from run to run by more than the few percent two
+versions differ by; this counts instead. A worker runs under ``sys.settrace``
+with opcode events, a client sends N requests one after another on one
+keep-alive connection, and the worker writes its counts when it stops. Two runs
+(N and 2N requests) are differenced, so start-up and shutdown cancel out.
+Tracing makes the worker ~50 times slower: the relief thread's looks, timed in
+wall time, are left out of the per-request figure (only the loop thread's counts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+import tempfile
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent.parent
+sys.path.insert(0, str(REPO))
+
+from harness import procs  # noqa: E402
+from harness.net import listen  # noqa: E402
+from harness.worker import fd3_launch  # noqa: E402
+
+OUT_ENV = "OPCOUNT_OUT"
+
+
+def traced_main() -> int:
+    """In the worker: count opcodes of the main (loop) thread per function; write them at exit."""
+    tree = os.environ.get("FLEET_TREE")
+    if tree:
+        sys.path.insert(0, tree)
+        for name in [m for m in sys.modules if m == "fleet" or m.startswith("fleet.")]:
+            del sys.modules[name]
+    counts: Counter[str] = Counter()
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        if event == "call":
+            frame.f_trace_opcodes = True
+        elif event == "opcode":
+            code = frame.f_code
+            counts[f"{Path(code.co_filename).name}:{code.co_name}"] += 1
+        return trace
+
+    from fleet.worker import main
+
+    sys.settrace(trace)
+    try:
+        return main([])
+    finally:
+        sys.settrace(None)
+        Path(os.environ[OUT_ENV]).write_text(json.dumps(counts))
+
+
+def run(requests: int, tree: str | None) -> Counter[str]:
+    """Start a traced worker, send ``requests`` requests on one connection, stop it; its counts."""
+    sock = listen()
+    port = sock.getsockname()[1]
+    out = Path(tempfile.mkdtemp(prefix="opcount-")) / "counts.json"
+    launch = fd3_launch([sock.fileno()], sys.executable, "bench.experiments.opcount")
+    env = {**os.environ, "LISTEN_FDS": "1", OUT_ENV: str(out), "PYTHONPATH": str(REPO),
+           "FLEET_CPU_AFFINITY": "none", "OPCOUNT_WORKER": "1"}  # fmt: skip
+    if tree:
+        env["FLEET_TREE"] = tree
+    else:
+        env.pop("FLEET_TREE", None)
+    worker = procs.Launched(launch.argv, env=env, log=out.with_suffix(".log"), pass_fds=launch.pass_fds,
+                            preexec_fn=launch.preexec_fn, cwd=REPO)  # fmt: skip
+    try:
+        client = _connect(port)
+        request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        for _ in range(requests):
+            client.sendall(request)
+            if _read_response(client):  # NOTE: FLEET_KEEPALIVE_MAX_AGE closes it now and then
+                client.close()
+                client = _connect(port)
+        client.close()
+        os.kill(worker.pid, signal.SIGTERM)
+        worker.popen.wait(60)
+    finally:
+        worker.stop()
+        sock.close()
+    return Counter(json.loads(out.read_text()))
+
+
+def _connect(port: int) -> socket.socket:
+    """Connect once the traced worker answers (it starts slowly)."""
+    for _ in range(600):
+        try:
+            client = socket.create_connection(("127.0.0.1", port), timeout=60)
+            client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            _read_response(client)
+            return client
+        except OSError:
+            threading.Event().wait(0.1)
+    raise RuntimeError("the traced worker never answered")
+
+
+def _read_response(client: socket.socket) -> bool:
+    """Read one response; True if the server closes the connection after it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += _recv(client)
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.lower().split(b"\r\n")
+    length = next(int(line.split(b":")[1]) for line in lines if line.startswith(b"content-length"))
+    while len(body) < length:
+        body += _recv(client)
+    return b"connection: close" in lines
+
+
+def _recv(client: socket.socket) -> bytes:
+    chunk = client.recv(65536)
+    if not chunk:
+        raise ConnectionError("the worker closed the connection")
+    return chunk
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench.experiments.opcount")
+    p.add_argument("--requests", type=int, default=500, help="N: runs of N and 2N requests are differenced")
+    p.add_argument("--tree", action="store_true", help="count FLEET_TREE's worker instead of this tree's")
+    p.add_argument("--top", type=int, default=30)
+    args = p.parse_args(argv)
+    tree = os.environ["FLEET_TREE"] if args.tree else None
+    procs.stop_on_signals()
+    one, two = run(args.requests, tree), run(2 * args.requests, tree)
+    per = {k: (two[k] - one[k]) / args.requests for k in set(one) | set(two)}
+    total = sum(per.values())
+    print(f"{total:,.0f} bytecodes a request on the loop thread ({tree or 'this tree'})")
+    for name, n in sorted(per.items(), key=lambda kv: -kv[1])[: args.top]:
+        if n >= 0.5:
+            print(f"{n:8.1f}  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(traced_main() if os.environ.get("OPCOUNT_WORKER") else main())
