@@ -389,15 +389,15 @@ def markdown(run: Run) -> str:
         "## Hello World: throughput, latency and cost",
         "",
         "| peer | req/s (median) | min–max | p50 ms | p99 ms | CPU s / 1k req | RSS MiB (workers) "
-        "| RSS MiB (all) | PSS MiB | conns per worker | other load (cores) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: | ---: |",
+        "| RSS MiB (all) | PSS MiB | conns per worker | unaccepted | other load (cores) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: | ---: | ---: |",
     ]
     for k in keys:
         x = s[k]
         lines.append(
             f"| {run.labels[k]} | {x.rps:,.0f} | {x.rps_min:,.0f}–{x.rps_max:,.0f} "
             f"| {x.p50:.2f} | {x.p99:.2f} | {x.cpu_ms:.3f} | {x.rss:.0f} | {x.all_rss:.0f} | {x.pss:.0f} "
-            f"| {x.split} | {x.other_cores:.2f} |"
+            f"| {x.split} | {x.unaccepted:.0f} | {x.other_cores:.2f} |"
         )
     lines += ["", "Each round, req/s (and the machine's other load in cores during that run):", ""]
     lines.append("| peer | " + " | ".join(f"round {i + 1}" for i in range(len(run.rounds))) + " |")
