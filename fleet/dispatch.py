@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from threading import get_ident
-from time import monotonic as _monotonic
+from time import monotonic as _monotonic  # NOTE: bound once, as it is read for every request served inline
 from typing import Any
 
 from fleet.settings import Settings
@@ -418,7 +418,7 @@ class Relief:
                 interval = RELIEF_CHECK
                 asleep += 1
                 if last_look_asleep:
-                    self._relieve(self.since, housekeeping, "requests waited on I/O in two looks in a row")
+                    self._relieve(since, housekeeping, "requests waited on I/O in two looks in a row")
                     looks = asleep = 0
                     last_look_asleep = False
                     continue
