@@ -4,6 +4,8 @@
     fixed:MS      MS milliseconds from when the gate closed, whatever the worker holds
                   (fleet's gate until 2026-12-02, with MS=5)
     per:MS        the same, MS milliseconds for each connection the worker holds
+    const:MS:PER  the tree's gate with GATE_PATIENCE=MS and GATE_PATIENCE_PER_CONNECTION=PER
+                  milliseconds
 
 A monkeypatch of Gate.patience_over (fleet/gate.py), to A/B gates against the tree's
 in the same rounds (``python3 -m bench.experiments.gate_ab``).
@@ -37,6 +39,11 @@ def _patience_over(self: gate.Gate) -> bool:
 
 
 def install() -> None:
+    kind, _, values = os.environ.get("GATE_VARIANT", "fixed:5").partition(":")
+    if kind == "const":
+        base, _, per = values.partition(":")
+        gate.GATE_PATIENCE, gate.GATE_PATIENCE_PER_CONNECTION = float(base) / 1000, float(per) / 1000
+        return
     gate.Gate.patience_over = _patience_over  # type: ignore[method-assign]
 
 

@@ -99,6 +99,11 @@ SETS: dict[str, list[Variant]] = {
         Variant("this tree's worker, started as FLEET_TREE's (the noise)", {"FLEET_TREE": str(REPO)},
                 module="bench.experiments.old_worker"),
     ],
+    "patience": [BASE] + [
+        Variant(f"gate patience {base} ms + {per} ms a connection (prototype)",
+                {"GATE_VARIANT": f"const:{base}:{per}"}, module="bench.experiments.gate_worker")
+        for base, per in ((1, 0.05), (0.5, 0.02))
+    ],
     "inline": [
         BASE,
         Variant("FLEET_THREADS=0 (inline)", {"FLEET_THREADS": "0"}),
@@ -175,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         procs.stop_all()
     base = results[BASE.name]
     lines = [
-        "| variant | req/s | × current | p50 ms | p99 ms | CPU ms / req | conns per worker |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | :---: |",
+        "| variant | req/s | × current | p50 ms | p99 ms | CPU ms / req | conns per worker | unaccepted |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | :---: | ---: |",
     ]
     for v in variants:
         ms = results[v.name]
@@ -185,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"| {v.name} | {med([m.wrk.rps for m in ms]):,.0f} | {ratio:.2f} "
             f"| {med([m.wrk.p50_ms for m in ms]):.2f} | {med([m.wrk.p99_ms for m in ms]):.2f} "
-            f"| {med([m.cpu_ms_per_request for m in ms]):.3f} | {split} |"
+            f"| {med([m.cpu_ms_per_request for m in ms]):.3f} | {split} "
+            f"| {med([m.unaccepted for m in ms]):.0f} |"
         )
     table = "\n".join(lines)
     print(table)
