@@ -32,6 +32,13 @@ def slow(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterabl
     return [body]
 
 
+def _compute(seconds: float) -> None:
+    """Use ``seconds`` of this thread's CPU time: work that never sleeps, timed without a wall clock."""
+    until = time.thread_time() + seconds
+    while time.thread_time() < until:
+        pass
+
+
 def thread(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     """Answer the name of the thread serving the request.
 
@@ -41,9 +48,7 @@ def thread(environ: dict[str, Any], start_response: Callable[..., Any]) -> Itera
     _entered(environ)
     query = parse_qs(environ.get("QUERY_STRING", ""))
     time.sleep(float(query.get("sleep", ["0"])[0]))
-    until = time.thread_time() + float(query.get("compute", ["0"])[0])
-    while time.thread_time() < until:
-        pass
+    _compute(float(query.get("compute", ["0"])[0]))
     body = threading.current_thread().name.encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
@@ -64,9 +69,7 @@ def turns(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterab
     if "spin" in query:
         while not os.path.exists(query["spin"][0]):
             pass
-    until = time.thread_time() + float(query.get("compute", ["0"])[0])
-    while time.thread_time() < until:
-        pass
+    _compute(float(query.get("compute", ["0"])[0]))
     body = str(turn).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
