@@ -216,8 +216,7 @@ class HybridDispatch(Dispatch):
 
     def serve_pending(self) -> None:
         pending, relief = self.pending, self.relief
-        relief.begin()  # NOTE: the first request's start
-        started = relief.since
+        started = relief.begin()
         try:
             while True:
                 if not self.inline:
@@ -345,12 +344,13 @@ class Relief:
         self.resumed_at = 0.0
         self.cooldown = COOLDOWN_MIN
 
-    def begin(self) -> None:
-        """The loop thread starts serving what a poll pass read, with its first request."""
+    def begin(self) -> float:
+        """The loop thread starts serving what a poll pass read, with its first request; returns when."""
         # NOTE: since is set before the event is read, as _watch() clears the event before it reads since.
-        self.since = _monotonic()
+        self.since = now = _monotonic()
         if not self.active.is_set():
             self.active.set()
+        return now
 
     def end(self) -> None:
         """The loop thread served what it will for now."""
