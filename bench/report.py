@@ -303,7 +303,8 @@ def app_targets(run: Run, app: str, f: str = "fleet") -> list[Target]:
     rounds = rounds_of(run, app)
     present = {k for r in rounds for k in r}
     result = []
-    for peer, label in (("granian", "granian"), ("uwsgi", "uWSGI")):
+    peers = (("granian", "granian"), ("uwsgi", "uWSGI"))
+    for peer, label in peers:
         what = f"{APP_TITLES[app]}: req/s ≥ 1.0× {label}"
         if f in present and peer in present:
             r = ratio(run, f, peer, app=app)
@@ -318,11 +319,9 @@ def app_targets(run: Run, app: str, f: str = "fleet") -> list[Target]:
         worse = med([r[f].wrk.p99_ms / min(r["granian"].wrk.p99_ms, r["uwsgi"].wrk.p99_ms) for r in both])
         measured = f"{mine:.1f} ms vs {best:.1f} ms"
         # NOTE: wrk times only the clients a server accepted; say so where a peer left some waiting.
-        unserved = [
-            f"{label} left {med([r[k].unaccepted for r in both]):.0f} of {CONNECTIONS} clients unaccepted"
-            for k, label in (("granian", "granian"), ("uwsgi", "uWSGI"))
-            if med([r[k].unaccepted for r in both]) > 0
-        ]
+        left = {label: med([r[k].unaccepted for r in both]) for k, label in peers}
+        unserved = [f"{label} left {n:.0f} of {CONNECTIONS} clients unaccepted"
+                    for label, n in left.items() if n > 0]  # fmt: skip
         if unserved:
             measured += f" ({'; '.join(unserved)})"
         result.append(Target(what, measured, worse <= 1.0))
