@@ -15,10 +15,10 @@ wall time, are left out of the per-request figure (only the loop thread's counts
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO))
 
 from harness import procs  # noqa: E402
-from harness.net import listen  # noqa: E402
+from harness.http import get  # noqa: E402
+from harness.net import HOST, listen  # noqa: E402
 from harness.worker import fd3_launch  # noqa: E402
 
 OUT_ENV = "OPCOUNT_OUT"
@@ -78,14 +79,11 @@ def run(requests: int, tree: str | None) -> Counter[str]:
     worker = procs.Launched(launch.argv, env=env, log=out.with_suffix(".log"), pass_fds=launch.pass_fds,
                             preexec_fn=launch.preexec_fn, cwd=REPO)  # fmt: skip
     try:
-        client = _connect(port)
-        request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        conn = _connect(port)
         for _ in range(requests):
-            client.sendall(request)
-            if _read_response(client):  # NOTE: FLEET_KEEPALIVE_MAX_AGE closes it now and then
-                client.close()
-                client = _connect(port)
-        client.close()
+            # NOTE: http.client connects again after a Connection: close (FLEET_KEEPALIVE_MAX_AGE)
+            get(port, "/", conn=conn)
+        conn.close()
         os.kill(worker.pid, signal.SIGTERM)
         worker.popen.wait(60)
     finally:
@@ -94,37 +92,17 @@ def run(requests: int, tree: str | None) -> Counter[str]:
     return Counter(json.loads(out.read_text()))
 
 
-def _connect(port: int) -> socket.socket:
-    """Connect once the traced worker answers (it starts slowly)."""
+def _connect(port: int) -> http.client.HTTPConnection:
+    """A keep-alive connection, once the traced worker answers (it starts slowly)."""
     for _ in range(600):
+        conn = http.client.HTTPConnection(HOST, port, timeout=60)
         try:
-            client = socket.create_connection(("127.0.0.1", port), timeout=60)
-            client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            _read_response(client)
-            return client
-        except OSError:
+            get(port, "/", conn=conn)
+            return conn
+        except (OSError, http.client.HTTPException):
+            conn.close()
             threading.Event().wait(0.1)
     raise RuntimeError("the traced worker never answered")
-
-
-def _read_response(client: socket.socket) -> bool:
-    """Read one response; True if the server closes the connection after it."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += _recv(client)
-    head, body = data.split(b"\r\n\r\n", 1)
-    lines = head.lower().split(b"\r\n")
-    length = next(int(line.split(b":")[1]) for line in lines if line.startswith(b"content-length"))
-    while len(body) < length:
-        body += _recv(client)
-    return b"connection: close" in lines
-
-
-def _recv(client: socket.socket) -> bytes:
-    chunk = client.recv(65536)
-    if not chunk:
-        raise ConnectionError("the worker closed the connection")
-    return chunk
 
 
 def main(argv: list[str] | None = None) -> int:
