@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import signal
 import socket
 import threading
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from fleet.worker import EXIT_APP_LOAD, EXIT_CONFIG, EXIT_USAGE, StartHistory
+from harness.attacks import exchange, parse_responses, request
 from harness.http import get
 
 
@@ -530,13 +530,12 @@ def test_many_short_computing_requests_stay_on_the_loop_and_one_long_one_goes_to
     worker = spawn(listener, FLEET_APP="tests.apps:thread", FLEET_INLINE_MAX="100ms")
     worker.notify.wait_for("READY", "1")
     port = port_of(listener)
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-        asks = [b"GET /?compute=0.02 HTTP/1.1\r\nHost: x\r\n\r\n"] * 29
-        sock.sendall(b"".join(asks) + b"GET /?compute=0.02 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        answers = read_until_closed(sock)
-    served = re.findall(rb"\r\n\r\n(MainThread|waitress-\d+)", answers)
-    assert len(served) == 30, answers[-300:]
-    assert set(served) == {b"MainThread"}, "short requests that only compute were handed to the pool"
+    ask = "/?compute=0.02"
+    asks = request(path=ask) * 29 + request(path=ask, headers="Connection: close\r\n")
+    answered = exchange(port, asks, ["GET"] * 30, timeout=60)
+    served = {r.body for r in answered.responses}
+    assert len(answered.responses) == 30, answered
+    assert served == {b"MainThread"}, "short requests that only compute were handed to the pool"
     assert served_by(port, "/?compute=0.15") == "MainThread", "a request starts on the loop"
     after = served_by(port)
     assert after.startswith("waitress-"), f"after a request computed long, the pool serves: {after}"
@@ -554,14 +553,13 @@ def test_a_request_read_while_the_loop_computes_waits_for_one_request_not_the_wh
     release = tmp_path / "release"
     other = socket.create_connection(("127.0.0.1", port), timeout=60)
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock, other:
-        sock.sendall(f"GET /?spin={release} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-                     + b"GET /?compute=0.005 HTTP/1.1\r\nHost: x\r\n\r\n" * 4
-                     + b"GET /?compute=0.005 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        sock.sendall(request(path=f"/?spin={release}") + request(path="/?compute=0.005") * 4
+                     + request(path="/?compute=0.005", headers="Connection: close\r\n"))
         worker.wait_entered()
-        other.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        other.sendall(request(headers="Connection: close\r\n"))
         release.touch()
-        pipelined = re.findall(rb"\r\n\r\n(\d+)", read_until_closed(sock))
-        turn = int(read_until_closed(other).rsplit(b"\r\n\r\n", 1)[1])
+        pipelined = [r.body for r in parse_responses(read_until_closed(sock), ["GET"] * 6)[0]]
+        turn = int(parse_responses(read_until_closed(other), ["GET"])[0][0].body)
     assert len(pipelined) == 6 and pipelined[0] == b"0", pipelined
     assert 1 <= turn < 5, f"the other connection's request began after {turn} of the 6"
 
