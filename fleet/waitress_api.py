@@ -42,9 +42,11 @@ from typing import Any, Protocol
 
 import waitress
 from waitress import wasyncore
-from waitress.buffers import ReadOnlyFileBasedBuffer
+from waitress.buffers import OverflowableBuffer, ReadOnlyFileBasedBuffer
 from waitress.channel import ClientDisconnected, HTTPChannel
-from waitress.parser import HTTPRequestParser, ParsingError
+from waitress.parser import HTTPRequestParser, ParsingError, TransferEncodingNotImplemented, split_uri
+from waitress.receiver import ChunkedReceiver, FixedStreamReceiver
+from waitress.rfc7230 import HEADER_FIELD_RE, ONLY_DIGIT_RE
 from waitress.server import BaseWSGIServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask, hop_by_hop, rename_headers
 from waitress.utilities import InternalServerError, RequestHeaderFieldsTooLarge, build_http_date
@@ -95,8 +97,67 @@ def _host(listener: Any) -> Host:
     return host
 
 
+# A request head up to this size is parsed once per worker and its fields and request line kept
+# (clients send the same head again and again); a larger one is parsed each time. At most
+# 256 x 4 KiB are kept.
+KEPT_HEAD_MAX = 4096
+_REQUEST_LINE = re.compile(  # waitress 3.0's: 2.1's let other versions and bare targets through
+    rb"(?P<method>[!#$%&'*+\-.^_`|~0-9A-Za-z]+) "
+    rb"(?P<uri>(?:[^ :?#]+://[^ ?#/]*(?:[0-9]{1,5})?)?[^ ]+)"
+    rb"(?: HTTP/(?P<version>[0-9]\.[0-9]))?"
+)
+
+
+def _parse_fields(block: bytes) -> dict[str, str]:
+    """A head's header fields, keyed as waitress's parser keys them (get_header_lines, parse_header)."""
+    lines: list[bytes] = []
+    for line in block.split(b"\r\n"):
+        if not line:
+            continue
+        if b"\r" in line or b"\n" in line:
+            raise ParsingError(f'Bare CR or LF found in header line "{str(line, "latin-1")}"')
+        if line.startswith((b" ", b"\t")):
+            if not lines:
+                raise ParsingError(f'Malformed header line "{str(line, "latin-1")}"')
+            lines[-1] += line  # NOTE: obs-fold, joined as waitress does
+        else:
+            lines.append(line)
+    headers: dict[str, str] = {}
+    for line in lines:
+        field = HEADER_FIELD_RE.match(line)
+        if not field:
+            raise ParsingError("Invalid header")
+        name, value = field.group("name", "value")
+        if b"_" in name:
+            continue  # NOTE: waitress drops it: CONTENT_LENGTH could pass for Content-Length
+        value = value.strip(b" \t")
+        key = name.upper().replace(b"-", b"_").decode("latin-1")
+        if key in headers:
+            headers[key] += (b", " + value).decode("latin-1")
+        else:
+            headers[key] = value.decode("latin-1")
+    return headers
+
+
+def _parse_request_line(line: bytes) -> tuple[str, ...]:
+    """Method, target, version, and the target's scheme, host, path, query, fragment (waitress 3.0's)."""
+    match = _REQUEST_LINE.fullmatch(line)
+    if match is None:
+        raise ParsingError("Start line is invalid")
+    method = match["method"]
+    if method != method.upper():
+        raise ParsingError(f'Malformed HTTP method "{str(method, "latin-1")}"')
+    uri = match["uri"]
+    return (method.decode("latin-1"), uri.decode("latin-1"), (match["version"] or b"").decode("latin-1"),
+            *split_uri(uri))
+
+
+_kept_fields = functools.lru_cache(maxsize=256)(_parse_fields)
+_kept_request_line = functools.lru_cache(maxsize=256)(_parse_request_line)
+
+
 class FleetParser(HTTPRequestParser):  # type: ignore[misc]
-    """waitress's request parser, stricter about framing and header count.
+    """waitress's request parser, stricter about framing and header count, parsing a known head once.
 
     A request with both Content-Length and Transfer-Encoding is ambiguous
     (RFC 9112 section 6.1): a proxy in front may frame it differently, which is
@@ -105,14 +166,24 @@ class FleetParser(HTTPRequestParser):  # type: ignore[misc]
     is no token (waitress 2.1 passes control bytes on to the app). Too many
     header fields cost CPU to parse (10,000 took ~35 ms), so they are counted
     before parsing.
+
+    It parses as waitress 3.0 does (tests/test_waitress_contract.py compares
+    the two), but a head it has seen before costs a dictionary update: the
+    fields and request line of heads up to KEPT_HEAD_MAX are kept. That
+    was a fifth of a Hello World request's bytecodes.
     """
 
     max_headers = 100  # set per server from FLEET_MAX_HEADERS
+    # waitress's parser state that parse_header() sets:
+    headers: dict[str, str]
+    chunked: bool
+    connection_close: bool
+    expect_continue: bool
 
     def parse_header(self, header_plus: bytes) -> None:
         fields = header_plus.rstrip().count(b"\n")  # one per field: after the request line
         if fields > self.max_headers:
-            super().parse_header(b"GET / HTTP/1.0\r\n")
+            self._parse(b"GET / HTTP/1.0\r\n")
             self.error = RequestHeaderFieldsTooLarge(
                 f"more than {self.max_headers} header fields (FLEET_MAX_HEADERS)")
             return
@@ -121,7 +192,62 @@ class FleetParser(HTTPRequestParser):  # type: ignore[misc]
         framing = _FRAMING_HEADER.findall(header_plus)
         if len(framing) > 1 and len({name.lower() for name in framing}) == 2:
             raise ParsingError("Content-Length and Transfer-Encoding together")
-        super().parse_header(header_plus)
+        self._parse(header_plus)
+
+    def _parse(self, header_plus: bytes) -> None:
+        """waitress 3.0's HTTPRequestParser.parse_header, the fields and request line parsed once per head."""
+        index = header_plus.find(b"\r\n")
+        if index < 0:
+            raise ParsingError("HTTP message header invalid")
+        first_line = header_plus[:index].rstrip()
+        if b"\r" in first_line or b"\n" in first_line:
+            raise ParsingError("Bare CR or LF found in HTTP message")
+        self.first_line = first_line
+        if len(header_plus) <= KEPT_HEAD_MAX:
+            fields = _kept_fields(header_plus[index + 2:])
+            request_line = _kept_request_line(first_line)
+        else:
+            fields = _parse_fields(header_plus[index + 2:])
+            request_line = _parse_request_line(first_line)
+        headers = self.headers
+        headers.update(fields)  # NOTE: a copy: the request's headers change (TRANSFER_ENCODING, CONNECTION)
+        (self.command, self.request_uri, version,
+         self.proxy_scheme, self.proxy_netloc, self.path, self.query, self.fragment) = request_line
+        self.version = version
+        self.url_scheme = self.adj.url_scheme
+        connection = headers.get("CONNECTION", "")
+        if version == "1.0":
+            if connection.lower() != "keep-alive":
+                self.connection_close = True
+        if version == "1.1":
+            # NOTE: the body is read whole, so the app never sees Transfer-Encoding. Only
+            # space and tab are stripped: "\x85chunked" is not "chunked" (request smuggling).
+            te = headers.pop("TRANSFER_ENCODING", None)
+            if te:
+                encodings = [encoding.strip(" \t").lower() for encoding in te.split(",") if encoding]
+                for encoding in encodings:
+                    if encoding not in {"chunked"}:
+                        raise TransferEncodingNotImplemented("Transfer-Encoding requested is not supported.")
+                if encodings and encodings[-1] == "chunked":
+                    self.chunked = True
+                    self.body_rcv = ChunkedReceiver(OverflowableBuffer(self.adj.inbuf_overflow))
+                elif encodings:
+                    raise TransferEncodingNotImplemented("Transfer-Encoding requested is not supported.")
+            expect = headers.get("EXPECT")
+            self.expect_continue = expect is not None and expect.lower() == "100-continue"
+            if connection and connection.lower() == "close":
+                self.connection_close = True
+        if not self.chunked:
+            length = headers.get("CONTENT_LENGTH")
+            if length is None:
+                self.content_length = 0
+                return
+            if not ONLY_DIGIT_RE.match(length.encode("latin-1")):
+                raise ParsingError("Content-Length is invalid")
+            self.content_length = int(length)
+            if self.content_length > 0:
+                self.body_rcv = FixedStreamReceiver(self.content_length,
+                                                    OverflowableBuffer(self.adj.inbuf_overflow))
 
 
 _NOTED_HEADERS = frozenset(("Content-Length", "Date", "Server", "Connection"))

@@ -26,7 +26,13 @@ import pytest
 import waitress
 from waitress import wasyncore
 from waitress.channel import ClientDisconnected, HTTPChannel
-from waitress.parser import HTTPRequestParser, ParsingError
+from waitress.parser import (
+    HTTPRequestParser,
+    ParsingError,
+    TransferEncodingNotImplemented,
+    crack_first_line,
+    get_header_lines,
+)
 from waitress.server import BaseWSGIServer
 from waitress.task import Task, ThreadedTaskDispatcher, WSGITask
 from waitress.utilities import RequestHeaderFieldsTooLarge
@@ -155,6 +161,9 @@ COPIES = {
     Task.build_response_header: ("FleetTask.build_response_header", {"6a5c817099420757", "2cf70b88816fabc1"}),
     WSGITask.execute: ("FleetTask.execute and start_response", {"200cd31bbdf5f29a", "207afc60fcf3181f"}),
     WSGITask.get_environment: ("FleetTask.get_environment", {"57bc4516ab3cd115", "3bb57be6c7db4e59"}),
+    HTTPRequestParser.parse_header: ("FleetParser._parse", {"056969079319fe4b", "c2c093b901782da6"}),
+    get_header_lines: ("_parse_fields", {"968a7db45a59f12c"}),
+    crack_first_line: ("_parse_request_line", {"e93cfb7105e90e2f", "5ef0eba51166e715"}),
 }
 
 
@@ -386,6 +395,77 @@ def test_fleets_start_response_and_execute_are_waitresss(name: str) -> None:
             assert getattr(ours, attribute) == getattr(theirs, attribute), f"{name}: {attribute}"
     finally:
         listener.close()
+
+
+HEADS = (
+    b"GET / HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",
+    b"GET /a%20b/%2Fc?x=1&y#frag HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"GET //double//path?q HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"GET http://example.org:8080/p?q HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"GET / HTTP/1.0\r\n\r\n",
+    b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
+    b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\n\r\n",
+    b"GET / HTTP/2.0\r\nHost: t\r\n\r\n",
+    b"GET /\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX:  padded \t\r\nY:\r\nAccept: a\r\naccept: b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX_Forwarded_For: 10.0.0.1\r\nContent_Length: 5\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX-Long: a\r\n b\r\n\tc\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX: caf\xc3\xa9 \x85\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\n",
+    b"POST /p HTTP/1.0\r\nContent-Length: 0\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nTransfer-Encoding: Chunked \r\n\r\n",
+    b"POST /p HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nTransfer-Encoding: \x85chunked\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nTransfer-Encoding: ,\r\n\r\n",
+    b"POST /p HTTP/1.0\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX: \x01\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
+    b"GET / HTTP/1.1\r\n fold-first: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nno colon\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX : a\r\n\r\n",
+    b"get / HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\n\r\n\r\n",
+    b"GET / HTTP/1.1",
+    b"GET / HTTP/1.1\r\nCookie: " + b"c" * (waitress_api.KEPT_HEAD_MAX + 1) + b"\r\n\r\n",
+)
+# waitress 2.1 took any digits and dots for a version, and a request line it could not split for an
+# empty one; fleet refuses both, as 3.0 does.
+REFUSED_SINCE_3 = (b"GET / HTTP/1.1.1\r\n\r\n", b"GET  / HTTP/1.1\r\n\r\n")
+
+
+def _parsed(parser: Any, parse: Any, head: bytes) -> dict[str, Any]:
+    """What parsing ``head`` raised, or the state it left in ``parser``."""
+    try:
+        parse(head)
+    except (ParsingError, TransferEncodingNotImplemented) as error:
+        return {"raised": f"{type(error).__name__}: {error}"}
+    state = {name: value for name, value in vars(parser).items() if name not in ("adj", "body_rcv")}
+    receiver = parser.body_rcv
+    state["body_rcv"] = (type(receiver).__name__, getattr(receiver, "remain", None))
+    return state
+
+
+@pytest.mark.parametrize("head", HEADS + REFUSED_SINCE_3, ids=lambda h: repr(h[:40]))
+def test_fleets_parse_is_waitresss(head: bytes) -> None:
+    from waitress.adjustments import Adjustments
+
+    adj = Adjustments()
+    theirs = HTTPRequestParser(adj)
+    expected = _parsed(theirs, theirs.parse_header, head)
+    if head in REFUSED_SINCE_3 and version().startswith("2."):
+        expected = {"raised": "ParsingError: Start line is invalid"}
+    for time_ in ("first", "again"):  # NOTE: the second parse is of the head kept from the first
+        ours = waitress_api.FleetParser(adj)
+        assert _parsed(ours, ours._parse, head) == expected, f"{head!r}, parsed {time_}"
 
 
 def test_a_parse_error_is_a_400_and_too_many_headers_a_431() -> None:
