@@ -782,6 +782,30 @@ class FleetChannel(HTTPChannel):  # type: ignore[misc]
         if self._paused is not None:
             self._resume()  # NOTE: to close the app's body, on a thread of the pool
 
+    def write_soon(self, data: Any) -> int:
+        """Send ``data`` at once if nothing waits to go before it; else buffer it, as waitress does.
+
+        waitress buffers every write and then flushes the buffer (its
+        send_bytes is 1): ~340 bytecodes of buffer keeping for the one send()
+        of a small response. With the buffers empty (checked holding
+        outbuf_lock, which the loop thread flushes them under), bytes go to the
+        socket directly; only what it does not take is buffered.
+        """
+        if data.__class__ is bytes and data:
+            with self.outbuf_lock:
+                if self.connected and not self.total_outbufs_len:
+                    try:
+                        sent: int = self.socket.send(data)
+                    except OSError:
+                        sent = 0  # NOTE: waitress's own path, below, meets the error again and handles it
+                    if sent:
+                        self.last_activity = time.time()
+                        if sent == len(data):
+                            return sent
+                        data = data[sent:]
+        written: int = super().write_soon(data)
+        return written
+
     def handle_write(self) -> None:
         super().handle_write()
         if self._paused is not None and self.total_outbufs_len <= RESUME_AT:

@@ -576,6 +576,36 @@ def test_listeners_hand_connections_to_fleets_channel_and_take_its_hooks(boundar
     assert boundary["listeners"].filenos() == [boundary["listening"].fileno()]
 
 
+def test_fleet_channel_sends_at_once_what_nothing_waits_before_and_buffers_the_rest_in_order(
+        boundary: dict[str, Any]) -> None:
+    loop, client = boundary["loop"], boundary["client"]
+    channel = next(loop.channels())
+    buffered: list[bytes] = []
+    channel.outbufs[-1].append = buffered.append  # NOTE: waitress's way: buffer, then flush
+    channel.write_soon(b"small")
+    assert channel.total_outbufs_len == 0 and not buffered, "a write with nothing buffered goes straight out"
+    del channel.outbufs[-1].append
+    assert client.recv(100) == b"small"
+    big = bytes(range(256)) * 16384  # NOTE: 4 MiB, more than the socket buffers hold
+    channel.write_soon(big)
+    left = channel.total_outbufs_len
+    assert 0 < left < len(big), "what the socket did not take is buffered"
+    channel.write_soon(b"tail")
+    assert channel.total_outbufs_len == left + 4, "a write behind buffered bytes waits its turn"
+    received = bytearray()
+    client.setblocking(False)
+    deadline = time.monotonic() + 30
+    while len(received) < len(big) + 4 and time.monotonic() < deadline:
+        with loop.lock:
+            loop.poll_once(0.01)
+        try:
+            received += client.recv(1 << 20)
+        except BlockingIOError:
+            pass
+    assert bytes(received) == big + b"tail", "the bytes arrive whole and in order"
+    assert channel.total_outbufs_len == 0
+
+
 def test_fleet_channel_reads_waitress_state_under_fleets_names(boundary: dict[str, Any]) -> None:
     loop = boundary["loop"]
     boundary["client"].sendall(b"GET / HTTP/1.1\r\nHost: t\r\n")  # NOTE: a head still arriving
