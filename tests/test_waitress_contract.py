@@ -214,7 +214,8 @@ def test_fleets_response_head_is_waitresss_with_the_worker_header(objects: dict[
         ("", "Connection: close\r\n", "Connection: keep-alive\r\n", "Connection: Keep-Alive\r\n"),
         ("200 OK", "204 No Content", "304 Not Modified", "101 Switching Protocols", "404 Not Found"),
         (None, 5), (False, True), (False, True))
-    for version, asked, status, length, closing_before, ending in cases:
+    for (version, asked, status, length, closing_before, ending), time_ in itertools.product(
+            cases, ("first", "again")):  # NOTE: again: the head fleet kept from the first time
         theirs = task(WSGITask, version, asked, ending)
         ours = task(waitress_api.FleetTask, version, asked, ending)
         channel.host = Host(ending)
@@ -225,7 +226,8 @@ def test_fleets_response_head_is_waitresss_with_the_worker_header(objects: dict[
             each.response_headers = list(headers) + extra
             each.start_time = 86400 * 365.25 * 56 + 0.75
             each.close_on_finish = closing_before
-        case = f"HTTP/{version} {asked!r} {status}, length {length}, closing {closing_before}/{ending}"
+        case = (f"HTTP/{version} {asked!r} {status}, length {length}, "
+                f"closing {closing_before}/{ending} ({time_})")
         assert ours.build_response_header() == theirs.build_response_header(), case
         assert ours.response_headers == theirs.response_headers, case
         assert (ours.close_on_finish, ours.chunked_response) == \
