@@ -375,12 +375,21 @@ class FleetTask(WSGITask):  # type: ignore[misc]
     _body: Body | None = None  # the app's body, if it may pause
 
     def service(self) -> None:
+        """Serve the request on this thread (waitress's Task.service, in one frame), or go on with its
+        paused response (:meth:`resume`)."""
         host = self.channel.host
         thread = get_ident()
         host.request_started(thread)
         try:
-            self.start_time = time.time()  # NOTE: waitress's Task.service(), in one frame
-            self.execute()
+            body = self._body
+            if body is None:
+                self.start_time = time.time()
+                self.execute()
+            elif self.channel.connected:
+                self.send_body()
+            else:
+                body.close()
+                raise ClientDisconnected
             self.finish()
         except OSError:
             self.close_on_finish = True
@@ -569,24 +578,8 @@ class FleetTask(WSGITask):  # type: ignore[misc]
 
     def resume(self) -> None:
         """Go on with a paused response from its next chunk, on this thread."""
-        host = self.channel.host
-        thread = get_ident()
-        host.request_started(thread)
-        body = self._body
-        assert body is not None
         self.pausing = False
-        try:
-            if not self.channel.connected:
-                body.close()
-                raise ClientDisconnected
-            self.send_body()
-            self.finish()
-        except OSError:
-            self.close_on_finish = True
-            if self.channel.adj.log_socket_errors:
-                raise
-        finally:
-            self._served(host, thread)
+        self.service()
 
     def access_fields(self) -> tuple[str, str, str, str, str, int]:
         """Client address, method, path, HTTP version, status code, body bytes sent: an access log line."""
