@@ -98,8 +98,8 @@ def _host(listener: Any) -> Host:
 
 
 # A request head up to this size is parsed once per worker and its fields and request line kept
-# (clients send the same head again and again); a larger one is parsed each time. At most
-# 256 x 4 KiB are kept.
+# (clients send the same head again and again); a larger one is parsed each time. At most 256
+# heads are kept, with what they parse to: under 2 MiB.
 KEPT_HEAD_MAX = 4096
 _REQUEST_LINE = re.compile(  # waitress 3.0's: 2.1's let other versions and bare targets through
     rb"(?P<method>[!#$%&'*+\-.^_`|~0-9A-Za-z]+) "
