@@ -573,7 +573,7 @@ class FleetTask(WSGITask):  # type: ignore[misc]
         """Close after the response, saying so if the head is not out (waitress 3's set_close_on_finish)."""
         headers = self.response_headers
         if not self.wrote_header and all(_header_name(name) != "Connection" for name, _ in headers):
-            self.response_headers.append(("Connection", "close"))
+            headers.append(("Connection", "close"))
         self.close_on_finish = True
 
     def resume(self) -> None:
@@ -646,8 +646,7 @@ class FleetTask(WSGITask):  # type: ignore[misc]
             # NOTE: as if the client had asked: waitress then sends
             # "Connection: close" and closes once the response is out.
             request_headers["CONNECTION"] = "close"
-        given = self.response_headers
-        shape = (self.version, self.status, tuple(given), self.content_length,
+        shape = (self.version, self.status, tuple(self.response_headers), self.content_length,
                  request_headers.get("CONNECTION", ""), self.close_on_finish, channel.server.adj.ident,
                  host.instance, int(self.start_time))
         try:

@@ -73,7 +73,7 @@ INSTANCE_ATTRIBUTES = {
     "channel": ("request", "requests", "total_outbufs_len", "will_close", "close_when_flushed",
                 "last_activity", "socket", "server", "addr", "connected", "adj",
                 "requests_lock", "outbuf_lock", "current_outbuf_count", "sent_continue",
-               "check_client_disconnected"),
+                "check_client_disconnected"),
     "listener": ("trigger", "adj", "socket", "application", "effective_port", "server_name"),
     "dispatcher": ("queue",),
     "parser": ("headers_finished", "body_bytes_received", "completed", "error", "command", "headers",
@@ -92,13 +92,9 @@ def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 @pytest.fixture
 def objects() -> Iterator[dict[str, Any]]:
     """A listener, a channel on a real connection, a parser and a task, as fleet makes them."""
-    listening = socket.socket()
-    listening.bind(("127.0.0.1", 0))
-    listening.listen(8)
     dispatcher = ThreadedTaskDispatcher()
     event_map: dict[int, Any] = {}
-    listener = waitress.create_server(app, map=event_map, _start=False, _dispatcher=dispatcher,
-                                      sockets=[listening])
+    listener = _listener(event_map, dispatcher)
     ours, theirs = socket.socketpair()
     channel = HTTPChannel(listener, ours, ("127.0.0.1", 1), listener.adj, map=event_map)
     parser = HTTPRequestParser(listener.adj)
@@ -234,13 +230,14 @@ def test_fleets_response_head_is_waitresss_with_the_worker_header(objects: dict[
             (theirs.close_on_finish, theirs.chunked_response), case
 
 
-def _listener(**adjustments: Any) -> Any:
-    """A waitress listening server on a loopback port, not started."""
+def _listener(event_map: dict[int, Any] | None = None, dispatcher: Any = None, **adjustments: Any) -> Any:
+    """A waitress listening server on a loopback port, not started, as fleet makes them."""
     listening = socket.socket()
     listening.bind(("127.0.0.1", 0))
     listening.listen(8)
-    return waitress.create_server(app, map={}, _start=False, _dispatcher=ThreadedTaskDispatcher(),
-                                  sockets=[listening], **adjustments)
+    return waitress.create_server(app, map={} if event_map is None else event_map, _start=False,
+                                  _dispatcher=dispatcher or ThreadedTaskDispatcher(), sockets=[listening],
+                                  **adjustments)
 
 
 def _request(listener: Any, raw: bytes, addr: Any = ("127.0.0.1", 50000)) -> Any:
