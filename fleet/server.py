@@ -115,11 +115,17 @@ class FleetServer:
     # -- the Host: asked by waitress's objects (the rest is bound in __init__) ----------------------
 
     def ends_keepalive(self, channel: FleetChannel) -> bool:
-        """A drain, or the connection's age past FLEET_KEEPALIVE_MAX_AGE (so clients spread again)."""
-        if self.drain.active:
-            return True
-        max_age = self.settings.keepalive_max_age
-        return bool(max_age) and time.monotonic() - channel.accepted_at >= max_age
+        """A drain, or the connection's age past FLEET_KEEPALIVE_MAX_AGE (so clients spread again).
+
+        Not while the client has sent its next request already (pipelined):
+        closing would drop it unanswered, so the close waits for a response
+        with nothing behind it.
+        """
+        if not self.drain.active:
+            max_age = self.settings.keepalive_max_age
+            if not max_age or time.monotonic() - channel.accepted_at < max_age:
+                return False
+        return not channel.sent_more()
 
     # -- asked by the Worker --------------------------------------------------------------------
 

@@ -195,6 +195,35 @@ def test_keepalive_connection_closes_after_max_age(listener, spawn):
     assert get(port_of(listener), conn=conn)[1]["connection"] == "close"
 
 
+def test_requests_pipelined_past_max_age_are_answered_before_the_close(listener, spawn):
+    # NOTE: no clock: the first request sleeps past the connection's max age, so
+    # every response is made past it, with the client's next requests sent already.
+    worker = spawn(listener, FLEET_APP="tests.apps:slow", FLEET_KEEPALIVE_MAX_AGE="100ms")
+    worker.notify.wait_for("READY", "1")
+    asks = request(path="/?sleep=0.2") + request(path="/?sleep=0") * 4
+    answered = exchange(port_of(listener), asks, ["GET"] * 5, timeout=30)
+    assert [r.body for r in answered.responses] == [b"slept 0.2"] + [b"slept 0.0"] * 4, answered
+    assert [r.headers.get("connection") for r in answered.responses] == [None] * 4 + ["close"], (
+        "keep-alive ends at the first response with no request behind it")
+    assert answered.closed
+
+
+def test_requests_pipelined_before_a_drain_are_all_answered(tmp_path, listener, spawn):
+    worker = spawn(listener, FLEET_APP="tests.apps:turns")
+    worker.notify.wait_for("READY", "1")
+    release = tmp_path / "release"
+    with socket.create_connection(("127.0.0.1", port_of(listener)), timeout=30) as sock:
+        sock.sendall(request(path=f"/?spin={release}") + request() * 3)
+        worker.wait_entered()
+        worker.terminate()
+        worker.notify.wait_for("STOPPING", "1")
+        release.touch()
+        responses, _ = parse_responses(read_until_closed(sock), ["GET"] * 4)
+    assert [r.body for r in responses] == [b"0", b"1", b"2", b"3"]
+    assert [r.headers.get("connection") for r in responses] == [None] * 3 + ["close"]
+    assert worker.wait() == 0, worker.stderr()
+
+
 def test_max_requests_recycles_after_draining(listener, spawn):
     worker = spawn(listener, FLEET_MAX_REQUESTS="5")
     worker.notify.wait_for("READY", "1")
