@@ -89,14 +89,18 @@ class Gate:
         return self.loop.connections() < self.limit or self._make_room()
 
     def _make_room(self) -> bool:
-        idle = [c for c in self.loop.channels() if c.idle()]
-        if not idle:
-            return False
-        idle.sort(key=lambda c: c.last_traffic())
+        idle = sorted((c for c in self.loop.channels() if c.idle()), key=lambda c: c.last_traffic())
         # NOTE: a batch, so a flood of new connections does not sort on every accept.
-        for channel in idle[:max(1, self.limit // 64)]:
+        batch = max(1, self.limit // 64)
+        closed = 0
+        for channel in idle:
+            if channel.has_unread_bytes():
+                continue  # NOTE: its client sent a request this pass has not read yet
             channel.close_now()
-        return True
+            closed += 1
+            if closed == batch:
+                break
+        return closed > 0
 
     def readable(self, readable: Callable[[], Any]) -> Callable[[], bool]:
         """Wrap a listener's readable(): poll it for new connections only while the gate is open."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from harness.attacks import request
 from harness.http import get
 from tests.test_worker import background_get, port_of, read_until_closed
 
@@ -194,6 +195,36 @@ def test_at_the_connection_limit_the_longest_idle_connections_make_room(listener
         for sock in idle:
             sock.close()
 
+
+
+def test_making_room_spares_a_connection_whose_request_is_not_read_yet(tmp_path, listener, spawn):
+    # NOTE: with FLEET_THREADS=0 the loop thread is inside the spinning request
+    # and reads nothing: the longest-idle connection's new request and the
+    # newcomer are both there at its next poll. The newcomer is the 16th
+    # connection, so the worker makes room once it has accepted it.
+    worker = spawn(listener, FLEET_CONNECTION_LIMIT="16", FLEET_THREADS="0", FLEET_APP="tests.apps:turns")
+    worker.notify.wait_for("READY", "1")
+    port = port_of(listener)
+    release = tmp_path / "release"
+    idle = []
+    for _ in range(14):
+        sock = connect(port)
+        sock.sendall(request())
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        idle.append(sock)
+    spinner = connect(port)
+    spinner.sendall(request(path=f"/?spin={release}", headers="Connection: close\r\n"))
+    worker.wait_entered()
+    newcomer = connect(port)
+    try:
+        idle[0].sendall(request(headers="Connection: close\r\n"))
+        newcomer.sendall(request(headers="Connection: close\r\n"))
+        release.touch()
+        assert read_until_closed(idle[0]).startswith(b"HTTP/1.1 200"), "a request sent was dropped to make room"
+        assert read_until_closed(newcomer).startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in [*idle, spinner, newcomer]:
+            sock.close()
 
 # --- gate patience (in-process: the rule itself, with the clock and the load set by hand) ---
 
