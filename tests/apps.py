@@ -43,11 +43,15 @@ def thread(environ: dict[str, Any], start_response: Callable[..., Any]) -> Itera
     """Answer the name of the thread serving the request.
 
     First it sleeps ``?sleep=SECONDS`` and computes ``?compute=SECONDS`` of its
-    thread's CPU time (default 0 each).
+    thread's CPU time (default 0 each). Only a request that sleeps says it
+    entered: a write to stderr's file can wait on the disk, and the worker
+    would rightly see a request that waits.
     """
-    _entered(environ)
     query = parse_qs(environ.get("QUERY_STRING", ""))
-    time.sleep(float(query.get("sleep", ["0"])[0]))
+    sleep = float(query.get("sleep", ["0"])[0])
+    if sleep:
+        _entered(environ)
+        time.sleep(sleep)
     _compute(float(query.get("compute", ["0"])[0]))
     body = threading.current_thread().name.encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
@@ -62,11 +66,12 @@ def turns(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterab
 
     ``?spin=PATH`` computes until PATH exists; ``?compute=SECONDS`` computes that
     much of its thread's CPU time. Neither sleeps: to the worker, both only compute.
+    Only a request that spins says it entered (on stderr, whose file can wait on the disk).
     """
     turn = next(_turns)
-    _entered(environ)
     query = parse_qs(environ.get("QUERY_STRING", ""))
     if "spin" in query:
+        _entered(environ)
         while not os.path.exists(query["spin"][0]):
             pass
     _compute(float(query.get("compute", ["0"])[0]))

@@ -16,6 +16,7 @@ import pytest
 from fleet.worker import EXIT_APP_LOAD, EXIT_CONFIG, EXIT_USAGE, StartHistory
 from harness.attacks import exchange, parse_responses, request
 from harness.http import get
+from harness.worker import WorkerProcess
 
 
 def read_until_closed(sock: socket.socket) -> bytes:
@@ -542,11 +543,16 @@ def served_by(port: int, path: str = "/") -> str:
     return body.decode()
 
 
+def hand_overs(worker: WorkerProcess) -> list[str]:
+    """Why the worker (at FLEET_LOG_LEVEL=debug) handed requests to its threads: for a failure's message."""
+    return [line for line in worker.stderr().splitlines() if "serving on the threads" in line]
+
+
 def test_fast_requests_are_served_on_the_event_loop_and_slow_ones_on_the_pool(listener, spawn):
-    worker = spawn(listener, FLEET_APP="tests.apps:thread", FLEET_THREADS="2")
+    worker = spawn(listener, FLEET_APP="tests.apps:thread", FLEET_THREADS="2", FLEET_LOG_LEVEL="debug")
     worker.notify.wait_for("READY", "1")
     port = port_of(listener)
-    assert {served_by(port) for _ in range(5)} == {"MainThread"}, "a fast request needs no hand-off"
+    assert {served_by(port) for _ in range(5)} == {"MainThread"}, hand_overs(worker)
     assert served_by(port, "/?sleep=0.1") == "MainThread", "a request starts on the loop"
     after = served_by(port)
     assert after.startswith("waitress-"), f"after a request ran long on the loop, the pool serves: {after}"
@@ -556,7 +562,7 @@ def test_many_short_computing_requests_stay_on_the_loop_and_one_long_one_goes_to
     # NOTE: no clock: CPU time, counted by the app itself. Pipelined on one
     # connection, the 30 requests are one batch on the loop; together they
     # compute 6 times FLEET_INLINE_MAX, each a fifth of it.
-    worker = spawn(listener, FLEET_APP="tests.apps:thread", FLEET_INLINE_MAX="100ms")
+    worker = spawn(listener, FLEET_APP="tests.apps:thread", FLEET_INLINE_MAX="100ms", FLEET_LOG_LEVEL="debug")
     worker.notify.wait_for("READY", "1")
     port = port_of(listener)
     ask = "/?compute=0.02"
@@ -564,7 +570,7 @@ def test_many_short_computing_requests_stay_on_the_loop_and_one_long_one_goes_to
     answered = exchange(port, asks, ["GET"] * 30, timeout=60)
     served = {r.body for r in answered.responses}
     assert len(answered.responses) == 30, answered
-    assert served == {b"MainThread"}, "short requests that only compute were handed to the pool"
+    assert served == {b"MainThread"}, f"requests that only compute were handed over: {hand_overs(worker)}"
     assert served_by(port, "/?compute=0.15") == "MainThread", "a request starts on the loop"
     after = served_by(port)
     assert after.startswith("waitress-"), f"after a request computed long, the pool serves: {after}"
