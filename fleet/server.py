@@ -117,15 +117,16 @@ class FleetServer:
     def ends_keepalive(self, channel: FleetChannel) -> bool:
         """A drain, or the connection's age past FLEET_KEEPALIVE_MAX_AGE (so clients spread again).
 
-        Not while the client has sent its next request already (pipelined):
-        closing would drop it unanswered, so the close waits for a response
-        with nothing behind it.
+        Not while the worker holds more of the client's requests (pipelined)
+        than the one answered: closing would drop them unanswered. What the
+        client sent after them is left unread (RFC 9112 9.3.2: it retries), so
+        a pipelining client is still closed about at its age.
         """
         if not self.drain.active:
             max_age = self.settings.keepalive_max_age
             if not max_age or time.monotonic() - channel.accepted_at < max_age:
                 return False
-        return not channel.sent_more()
+        return not channel.read_more()
 
     # -- asked by the Worker --------------------------------------------------------------------
 

@@ -946,14 +946,15 @@ class FleetChannel(HTTPChannel):  # type: ignore[misc]
         """A request is queued, running or being answered: the server, not the client, is behind."""
         return bool(self.requests or self.total_outbufs_len)
 
-    def sent_more(self) -> bool:
-        """The client sent more than the request being answered: another queued, or bytes of one.
+    def read_more(self) -> bool:
+        """Another whole request of this client's waits behind the one being answered (pipelined).
 
-        Asked while a response is made (by the thread serving it); with
-        waitress's channel_request_lookahead at 0 the loop reads nothing of
-        this connection's meanwhile, so what is not parsed is still unread.
+        With waitress's channel_request_lookahead at 0 the loop reads nothing
+        of this connection's while a request is queued, so these came in one
+        read (recv_bytes) at most: what a pipelining client sent after them
+        stays unread, and a part of a request does not count.
         """
-        return len(self.requests) > 1 or self.request is not None or self.has_unread_bytes()
+        return len(self.requests) > 1
 
     def paused(self) -> bool:
         """A response waits for the client to read what was sent of it, no thread on it."""

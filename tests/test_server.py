@@ -220,7 +220,7 @@ def test_making_room_spares_a_connection_whose_request_is_not_read_yet(tmp_path,
         idle[0].sendall(request(headers="Connection: close\r\n"))
         newcomer.sendall(request(headers="Connection: close\r\n"))
         release.touch()
-        assert read_until_closed(idle[0]).startswith(b"HTTP/1.1 200"), "a request sent was dropped to make room"
+        assert read_until_closed(idle[0]).startswith(b"HTTP/1.1 200"), "its request was dropped to make room"
         assert read_until_closed(newcomer).startswith(b"HTTP/1.1 200")
     finally:
         for sock in [*idle, spinner, newcomer]:

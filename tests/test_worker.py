@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -207,6 +208,24 @@ def test_requests_pipelined_past_max_age_are_answered_before_the_close(listener,
     assert [r.headers.get("connection") for r in answered.responses] == [None] * 4 + ["close"], (
         "keep-alive ends at the first response with no request behind it")
     assert answered.closed
+
+
+def test_a_client_pipelining_on_is_still_closed_at_its_age(listener, spawn):
+    # NOTE: the requests sent once the first is inside the app stay unread
+    # (the worker reads a connection's next requests only once it has answered
+    # those it holds), so the first answer past the age is the last.
+    worker = spawn(listener, FLEET_APP="tests.apps:slow", FLEET_KEEPALIVE_MAX_AGE="100ms")
+    worker.notify.wait_for("READY", "1")
+    with socket.create_connection(("127.0.0.1", port_of(listener)), timeout=30) as sock:
+        sock.sendall(request(path="/?sleep=0.2"))
+        worker.wait_entered()
+        sock.sendall(request(path="/?sleep=0") * 3)
+        answered = b""
+        with contextlib.suppress(ConnectionResetError):  # NOTE: closed with bytes unread: a reset follows
+            while chunk := sock.recv(65536):
+                answered += chunk
+    responses, _ = parse_responses(answered, ["GET"] * 4)
+    assert [(r.body, r.headers.get("connection")) for r in responses] == [(b"slept 0.2", "close")]
 
 
 def test_requests_pipelined_before_a_drain_are_all_answered(tmp_path, listener, spawn):
