@@ -22,7 +22,8 @@ class Deadlines:
     FLEET_HEADER_TIMEOUT of its first byte, a body within FLEET_BODY_TIMEOUT
     plus a second per FLEET_BODY_MIN_RATE bytes. Idle keep-alive connections
     are waitress's channel_timeout; a paused response (its client reads none
-    of it) is closed after as long. Run by the thread holding the event loop,
+    of it) is closed after as long; a connection lingering after its last
+    response, after LINGER. Run by the thread holding the event loop,
     which alone writes every field here.
     """
 
@@ -44,6 +45,9 @@ class Deadlines:
         self.next_sweep = now + SWEEP_EVERY
         wall = time.time()
         for channel in channels:
+            if channel.lingered_out(now):
+                channel.close_now()
+                continue
             if channel.owes_response():
                 if channel.paused() and self.send and wall - channel.last_traffic() >= self.send:
                     self.closed["send"] += 1

@@ -64,6 +64,13 @@ REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
 # files before anyone else was served.
 PAUSE_AT = 256 * 1024
 RESUME_AT = 64 * 1024
+# A connection closed after its last response while its client's bytes wait
+# unread would be reset, and a reset can destroy the response before the
+# client reads it (a pipelined request, an upload answered 413). So the worker
+# ends its own side (FIN after the response), reads and drops what comes,
+# and closes at the client's end or after LINGER seconds, as nginx's
+# lingering_close does.
+LINGER = 5.0
 _FRAMING_HEADER = re.compile(rb"^(content-length|transfer-encoding)[ \t]*:", re.I | re.M)
 _METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ")  # RFC 9110 section 5.6.2: a token, then SP
 
@@ -767,6 +774,7 @@ class FleetChannel(HTTPChannel):  # type: ignore[misc]
     _resuming: FleetTask | None = None  # a paused response handed to the next service()
     requests: list[Any]  # waitress's: read, queued and served under requests_lock
     current_outbuf_count: int
+    will_close: bool  # waitress's: close at the next handle_write
 
     def __init__(self, server: Any, sock: socket.socket, addr: Any, adj: Any, map: Any = None) -> None:
         self.accepted_at = time.monotonic()
@@ -777,6 +785,7 @@ class FleetChannel(HTTPChannel):  # type: ignore[misc]
         self.timed: Any = None  # the partial request the two times below are for
         self.head_started = 0.0
         self.body_started = 0.0
+        self.lingers_until = 0.0  # loop thread: after the last response, when the close is due; 0: not yet
         super().__init__(server, sock, addr, adj, map=map)
 
     def _settle(self) -> None:
@@ -786,6 +795,8 @@ class FleetChannel(HTTPChannel):  # type: ignore[misc]
             self.host.fresh_read()
 
     def received(self, data: bytes) -> Any:
+        if self.lingers_until:
+            return True  # NOTE: after the last response: read only to be dropped
         if not self.spoke:
             self._settle()
         result = super().received(data)
@@ -800,11 +811,17 @@ class FleetChannel(HTTPChannel):  # type: ignore[misc]
         return result
 
     def handle_close(self) -> None:
-        if not self.spoke:
-            self._settle()
-        super().handle_close()
-        if self._paused is not None:
-            self._resume()  # NOTE: to close the app's body, on a thread of the pool
+        # NOTE: will_close: waitress's handle_write closes after the last response
+        if self.will_close and not self.lingers_until and self.connected and self.has_unread_bytes():
+            try:
+                self.socket.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            else:
+                self.will_close = False
+                self.lingers_until = time.monotonic() + LINGER
+                return
+        self.close_now()
 
     def write_soon(self, data: Any) -> int:
         """Send ``data`` at once if nothing waits to go before it; else buffer it, as waitress does.
@@ -984,12 +1001,20 @@ class FleetChannel(HTTPChannel):  # type: ignore[misc]
         last: float = self.last_activity
         return last
 
+    def lingered_out(self, now: float) -> bool:
+        """Closed on the worker's side after its last response, and done waiting for the client's end."""
+        return 0.0 < self.lingers_until <= now
+
     def has_unread_bytes(self) -> bool:
         return _has_unread_bytes(self.socket)
 
     def close_now(self) -> None:
         """Close, whatever is in flight."""
-        self.handle_close()
+        if not self.spoke:
+            self._settle()
+        super().handle_close()
+        if self._paused is not None:
+            self._resume()  # NOTE: to close the app's body, on a thread of the pool
 
     def time_out(self) -> None:
         """Answer 408 where nothing else is being sent, and close."""
@@ -998,7 +1023,7 @@ class FleetChannel(HTTPChannel):  # type: ignore[misc]
                 self.socket.send(REQUEST_TIMEOUT, socket.MSG_DONTWAIT)
             except OSError:
                 pass
-        self.handle_close()
+        self.close_now()
 
 
 def _has_unread_bytes(sock: socket.socket) -> bool:

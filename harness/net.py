@@ -113,6 +113,11 @@ def _socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
+def sockets_held(pid: int) -> int:
+    """How many sockets ``pid`` has open, in any state (a connection it half-closed included)."""
+    return len(_socket_inodes(pid))
+
+
 def connections(pids: Iterable[int], port: int) -> dict[int, int]:
     """How many established connections on ``port`` each process holds open."""
     live = established_on(port)

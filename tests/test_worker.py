@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
@@ -17,6 +16,7 @@ import pytest
 from fleet.worker import EXIT_APP_LOAD, EXIT_CONFIG, EXIT_USAGE, StartHistory
 from harness.attacks import exchange, parse_responses, request
 from harness.http import get
+from harness.net import sockets_held
 from harness.worker import WorkerProcess
 
 
@@ -220,12 +220,28 @@ def test_a_client_pipelining_on_is_still_closed_at_its_age(listener, spawn):
         sock.sendall(request(path="/?sleep=0.2"))
         worker.wait_entered()
         sock.sendall(request(path="/?sleep=0") * 3)
-        answered = b""
-        with contextlib.suppress(ConnectionResetError):  # NOTE: closed with bytes unread: a reset follows
-            while chunk := sock.recv(65536):
-                answered += chunk
+        answered = read_until_closed(sock)  # NOTE: ended cleanly, not reset with its bytes unread
     responses, _ = parse_responses(answered, ["GET"] * 4)
     assert [(r.body, r.headers.get("connection")) for r in responses] == [(b"slept 0.2", "close")]
+
+
+def test_a_connection_closed_with_bytes_unread_lingers_then_closes(listener, spawn):
+    # NOTE: closed at once, it would be reset, and a reset can destroy the
+    # answer before the client reads it. The worker ends its side, drops what
+    # comes, and closes after LINGER (5 s) even if the client never does.
+    worker = spawn(listener, FLEET_APP="tests.apps:slow", FLEET_KEEPALIVE_MAX_AGE="100ms")
+    worker.notify.wait_for("READY", "1")
+    idle = sockets_held(worker.pid)
+    with socket.create_connection(("127.0.0.1", port_of(listener)), timeout=30) as sock:
+        sock.sendall(request(path="/?sleep=0.2"))
+        worker.wait_entered()
+        sock.sendall(request(path="/?sleep=0") * 3)
+        assert read_until_closed(sock).endswith(b"slept 0.2"), "the answer, then a clean end"
+        sock.sendall(request())  # NOTE: still read, and dropped
+        deadline = time.monotonic() + 30
+        while sockets_held(worker.pid) > idle and time.monotonic() < deadline:
+            worker.notify.drain(0.1)
+        assert sockets_held(worker.pid) == idle, "the lingering connection was never closed"
 
 
 def test_requests_pipelined_before_a_drain_are_all_answered(tmp_path, listener, spawn):
