@@ -38,8 +38,6 @@ from fleet.waitress_api import EventLoop, FleetChannel, FleetTask, Listeners, Si
 # even where the split is even: a client pipelining on stays bounded. (The
 # setting's help in fleet/settings.py and docs/security.md say 10.)
 AGE_BOUND = 10
-# How often a response past its connection's age reads the siblings' table, at most.
-SPLIT_EVERY = 0.005
 
 
 def bind(addresses: tuple[str, ...], backlog: int) -> list[socket.socket]:
@@ -106,7 +104,6 @@ class FleetServer:
         self.accounting = Accounting(settings.access_log, self.listeners.wake_loop)
         busy = self.accounting.busy
         self.siblings = Siblings.open(state_directory, settings.instance)
-        self._split_at = (0.0, False)  # any thread: when _even_split() last read the table, and what it said
         self.gate = Gate(self.loop, self.listeners.filenos(), settings.threads, settings.connection_limit,
                          working=functools.partial(self.dispatch.working, busy),
                          requests_done=lambda: self.accounting.requests_done, siblings=self.siblings)
@@ -145,22 +142,10 @@ class FleetServer:
             age = now - channel.accepted_at
             if age < max_age:
                 return False
-            if age < AGE_BOUND * max_age and self._even_split(now):
+            excess = self.siblings.excess(self.loop.connections(), now)
+            if age < AGE_BOUND * max_age and excess is not None and excess <= 1:
                 return False
         return not channel.read_more()
-
-    def _even_split(self, now: float) -> bool:
-        """Whether this worker holds at most one connection over its lightest live sibling.
-
-        Read from the table at most every SPLIT_EVERY: it is asked for every
-        response on a connection past its age, and kept alive while the split is even.
-        """
-        then, even = self._split_at
-        if now - then >= SPLIT_EVERY:
-            excess = self.siblings.excess(self.loop.connections(), now)
-            even = excess is not None and excess <= 1
-            self._split_at = (now, even)  # NOTE: one tuple: threads that race here each store a whole one
-        return even
 
     # -- asked by the Worker --------------------------------------------------------------------
 
