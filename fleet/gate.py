@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fleet.siblings import Siblings
 from fleet.waitress_api import EventLoop
 
 # Connections accepted in one poll pass, at most, while the gate stays open.
@@ -32,8 +31,6 @@ ACCEPT_BATCH = 16
 GATE_PATIENCE = 0.001
 GATE_PATIENCE_PER_CONNECTION = 0.00005
 GATE_PATIENCE_MAX = 0.02
-# How often the gate reads its siblings' counts (fleet/siblings.py), at most.
-HEAVIER_EVERY = 0.005
 
 
 class Gate:
@@ -43,23 +40,18 @@ class Gate:
     port scan, an idle keep-alive) never closes the gate. When every worker
     is busy, a connection this worker has seen waiting for its patience
     (longer the more connections it holds) goes to it if it is getting
-    through its requests, never if its threads are stuck. A worker holding
-    more than one connection over its lightest live sibling (fleet/siblings.py)
-    leaves new connections to it, free threads or not, for GATE_PATIENCE_MAX.
-    At the connection limit, the longest-idle connections are closed to make room.
+    through its requests, never if its threads are stuck. At the connection
+    limit, the longest-idle connections are closed to make room.
 
     Run by the loop thread (the holder of the event loop's lock), as every
     field here is written by it only.
     """
 
     def __init__(self, loop: EventLoop, listening: list[int], threads: int, limit: int,
-                 working: Callable[[], int], requests_done: Callable[[], int],
-                 siblings: Siblings | None = None) -> None:
+                 working: Callable[[], int], requests_done: Callable[[], int]) -> None:
         """``listening``: the listening sockets' descriptors; ``working``: requests running, queued
         or waiting for the loop; ``requests_done``: requests served so far."""
         self.loop = loop
-        self.siblings = siblings or Siblings(None, 0)
-        self.heavier_at = (0.0, False)  # loop thread: when heavier() last read the table, and what it said
         self.threads = max(1, threads)
         self.limit = limit
         self._working = working
@@ -116,32 +108,15 @@ class Gate:
             # NOTE: readable() also runs waitress's idle-connection maintenance: call it first.
             if not (readable() and self.has_room()):
                 return False
-            now = time.monotonic()
-            heavier = self.heavier(now)
-            if self.has_capacity() and not heavier:
-                self.seen_empty = now  # NOTE: whatever waits is accepted in this pass
+            if self.has_capacity():
+                self.seen_empty = time.monotonic()  # NOTE: whatever waits is accepted in this pass
                 self.owed = 0
                 return True
-            return self.patience_over(heavier)
+            return self.patience_over()
 
         return gated
 
-    def heavier(self, now: float) -> bool:
-        """Whether this worker holds more than one connection over its lightest live sibling.
-
-        The table is read (and this worker's count written) at most every
-        HEAVIER_EVERY: it is asked every poll pass.
-        """
-        then, heavier = self.heavier_at
-        if now - then >= HEAVIER_EVERY:
-            held = self.loop.connections()
-            self.siblings.publish(held, now)  # NOTE: closes too, which nothing else tells the table of
-            excess = self.siblings.excess(held, now)
-            heavier = excess is not None and excess > 1
-            self.heavier_at = (now, heavier)
-        return heavier
-
-    def patience_over(self, heavier: bool = False) -> bool:
+    def patience_over(self) -> bool:
         """Whether a connection has waited this worker's patience, since the gate closed or took one.
 
         Counted from when the worker last saw the queue empty: from when the
@@ -162,13 +137,10 @@ class Gate:
             self.seen_empty = now
             return False
         held = self.loop.connections()
-        patience = (GATE_PATIENCE_MAX if heavier
-                    else min(GATE_PATIENCE_MAX, GATE_PATIENCE + GATE_PATIENCE_PER_CONNECTION * held))
+        patience = min(GATE_PATIENCE_MAX, GATE_PATIENCE + GATE_PATIENCE_PER_CONNECTION * held)
         waited = now - max(self.seen_empty, self.closed_since)
-        if waited < patience:
+        if waited < patience or self._requests_done() == self.done_when_closed:
             return False
-        if self._requests_done() == self.done_when_closed and not self.has_capacity():
-            return False  # NOTE: its threads are stuck
         self.owed = min(ACCEPT_BATCH, int(waited / patience))
         return True
 
@@ -189,10 +161,7 @@ class Gate:
                 handle_accept()
                 if self.accepted == before or not self.has_room():
                     return
-                now = time.monotonic()
-                self.siblings.publish(self.loop.connections(), now)
-                self.heavier_at = (0.0, False)  # NOTE: one more held: read the table again
-                if not self.has_capacity() or self.heavier(now):
+                if not self.has_capacity():
                     self.owed -= 1
                     if self.owed > 0:
                         continue

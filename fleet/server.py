@@ -31,13 +31,7 @@ from fleet.deadlines import Deadlines
 from fleet.drain import Drain
 from fleet.gate import Gate
 from fleet.settings import Settings
-from fleet.siblings import Siblings
 from fleet.waitress_api import EventLoop, FleetChannel, FleetTask, Listeners, SignalPipe
-
-# Past this many FLEET_KEEPALIVE_MAX_AGE a connection ends at its next answer
-# even where the split is even: a client pipelining on stays bounded. (The
-# setting's help in fleet/settings.py and docs/security.md say 10.)
-AGE_BOUND = 10
 
 
 def bind(addresses: tuple[str, ...], backlog: int) -> list[socket.socket]:
@@ -81,9 +75,7 @@ class FleetServer:
     :class:`fleet.waitress_api.Host` part.
     """
 
-    def __init__(self, app: Callable[..., Any], sockets: list[socket.socket], settings: Settings,
-                 state_directory: str = "") -> None:
-        """``state_directory``: the app's StateDirectory (shared by its workers), for :class:`Siblings`."""
+    def __init__(self, app: Callable[..., Any], sockets: list[socket.socket], settings: Settings) -> None:
         self.instance = settings.instance
         self.settings = settings
         self.addresses = [describe(s) for s in sockets]
@@ -103,10 +95,9 @@ class FleetServer:
                                    **adjustments)
         self.accounting = Accounting(settings.access_log, self.listeners.wake_loop)
         busy = self.accounting.busy
-        self.siblings = Siblings.open(state_directory, settings.instance)
         self.gate = Gate(self.loop, self.listeners.filenos(), settings.threads, settings.connection_limit,
                          working=functools.partial(self.dispatch.working, busy),
-                         requests_done=lambda: self.accounting.requests_done, siblings=self.siblings)
+                         requests_done=lambda: self.accounting.requests_done)
         self.listeners.adapt(readable=self.gate.readable, accept=self.gate.accept_batch,
                              wake=self.dispatch.wake)
         self.drain = Drain(self.loop, self.listeners)
@@ -126,24 +117,14 @@ class FleetServer:
     def ends_keepalive(self, channel: FleetChannel) -> bool:
         """A drain, or the connection's age past FLEET_KEEPALIVE_MAX_AGE (so clients spread again).
 
-        Past the age, only while this worker holds more than its lightest live
-        sibling (:class:`Siblings`): a client moved from an even split costs
-        a reconnect and ends up no better off. Past AGE_BOUND ages, whatever
-        the split. Never while the worker holds more of the client's requests
-        (pipelined) than the one answered: closing would drop them unanswered.
-        What the client sent after them is left unread (RFC 9112 9.3.2: it
-        retries), so a pipelining client is still closed about at its age.
+        Not while the worker holds more of the client's requests (pipelined)
+        than the one answered: closing would drop them unanswered. What the
+        client sent after them is left unread (RFC 9112 9.3.2: it retries), so
+        a pipelining client is still closed about at its age.
         """
         if not self.drain.active:
             max_age = self.settings.keepalive_max_age
-            if not max_age:
-                return False
-            now = time.monotonic()
-            age = now - channel.accepted_at
-            if age < max_age:
-                return False
-            excess = self.siblings.excess(self.loop.connections(), now)
-            if age < AGE_BOUND * max_age and excess is not None and excess <= 1:
+            if not max_age or time.monotonic() - channel.accepted_at < max_age:
                 return False
         return not channel.read_more()
 
@@ -203,9 +184,8 @@ class FleetServer:
         return self.drain.close_all()
 
     def sweep(self, now: float) -> None:
-        """Close connections past a deadline (see :class:`Deadlines`); tell the siblings how many are open."""
+        """Close connections past a deadline (see :class:`Deadlines`)."""
         self.deadlines.sweep(self.loop.channels(), now)
-        self.siblings.publish(self.loop.connections(), now)
 
     def resume_inline(self, now: float) -> None:
         """End the cool-down after a hand-over: serve on the loop again."""
@@ -221,6 +201,5 @@ class FleetServer:
         return self.accounting.stuck(older_than, now, except_thread=self.dispatch.stands_in())
 
     def shutdown(self) -> None:
-        self.siblings.close()
         self.dispatch.close()
         self.loop.close()

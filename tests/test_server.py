@@ -300,46 +300,6 @@ def test_a_worker_whose_requests_do_not_progress_never_takes_a_waiting_connectio
         assert not fleet.gate.patience_over(), "its threads are stuck: a sibling or nobody"
 
 
-
-def test_a_worker_holding_more_than_a_sibling_leaves_it_new_connections_free_threads_or_not(
-        tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
-    from fleet import gate, server
-    from fleet.settings import Settings
-    from fleet.siblings import Siblings
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    fleet = server.FleetServer(lambda environ, start_response: [], [sock],
-                               Settings.from_env({"FLEET_INSTANCE": "1", "FLEET_INLINE_MAX": "0"}),
-                               state_directory=str(tmp_path))
-    clock = [1000.0]
-    fake = SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
-    fake.monotonic = lambda: clock[0]
-    monkeypatch.setattr(gate, "time", fake)
-    sibling = Siblings.open(str(tmp_path), "2")
-    gated = fleet.gate.readable(lambda: True)
-    try:
-        monkeypatch.setattr(fleet.loop, "connections", lambda: 3)  # NOTE: as if it held 3
-        sibling.publish(2, clock[0])
-        assert gated(), "one over the sibling: an even split, so it takes the connection"
-        sibling.publish(1, clock[0])
-        clock[0] += 2 * gate.HEAVIER_EVERY  # NOTE: the table is read again
-        with connect(sock.getsockname()[1]) as newcomer:
-            newcomer.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-            wait_until(lambda: bool(fleet.gate.queues.poll(0)), 5, "the connection in the listening queue")
-            assert not gated(), "two over the sibling: it leaves the connection, its threads free"
-            clock[0] += gate.GATE_PATIENCE_MAX * 0.9
-            assert not gated()
-            clock[0] += gate.GATE_PATIENCE_MAX * 0.2
-            assert gated(), "no sibling took it within GATE_PATIENCE_MAX: it does"
-            clock[0] += 10.0
-            assert gated(), "the sibling's count went stale: it is no sibling to leave clients to"
-    finally:
-        sibling.close()
-        fleet.shutdown()
-        sock.close()
-
 # --- deadlines --------------------------------------------------------------------------
 
 
