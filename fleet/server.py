@@ -31,7 +31,15 @@ from fleet.deadlines import Deadlines
 from fleet.drain import Drain
 from fleet.gate import Gate
 from fleet.settings import Settings
+from fleet.siblings import Siblings
 from fleet.waitress_api import EventLoop, FleetChannel, FleetTask, Listeners, SignalPipe
+
+# Past this many FLEET_KEEPALIVE_MAX_AGE a connection ends at its next answer
+# even where the split is even: a client pipelining on stays bounded. (The
+# setting's help in fleet/settings.py and docs/security.md say 10.)
+AGE_BOUND = 10
+# How often a response past its connection's age reads the siblings' table, at most.
+SPLIT_EVERY = 0.005
 
 
 def bind(addresses: tuple[str, ...], backlog: int) -> list[socket.socket]:
@@ -75,7 +83,9 @@ class FleetServer:
     :class:`fleet.waitress_api.Host` part.
     """
 
-    def __init__(self, app: Callable[..., Any], sockets: list[socket.socket], settings: Settings) -> None:
+    def __init__(self, app: Callable[..., Any], sockets: list[socket.socket], settings: Settings,
+                 state_directory: str = "") -> None:
+        """``state_directory``: the app's StateDirectory (shared by its workers), for :class:`Siblings`."""
         self.instance = settings.instance
         self.settings = settings
         self.addresses = [describe(s) for s in sockets]
@@ -95,6 +105,11 @@ class FleetServer:
                                    **adjustments)
         self.accounting = Accounting(settings.access_log, self.listeners.wake_loop)
         busy = self.accounting.busy
+        self.siblings = Siblings.open(state_directory, settings.instance)
+        # Any thread (a lost update costs one decision): when _even_split() last read the
+        # table and the lightest sibling's count then; connections ended since.
+        self._lightest_at: tuple[float, int | None] = (0.0, None)
+        self._leaving = 0
         self.gate = Gate(self.loop, self.listeners.filenos(), settings.threads, settings.connection_limit,
                          working=functools.partial(self.dispatch.working, busy),
                          requests_done=lambda: self.accounting.requests_done)
@@ -117,16 +132,44 @@ class FleetServer:
     def ends_keepalive(self, channel: FleetChannel) -> bool:
         """A drain, or the connection's age past FLEET_KEEPALIVE_MAX_AGE (so clients spread again).
 
-        Not while the worker holds more of the client's requests (pipelined)
-        than the one answered: closing would drop them unanswered. What the
-        client sent after them is left unread (RFC 9112 9.3.2: it retries), so
-        a pipelining client is still closed about at its age.
+        Past the age, only while this worker holds more than its lightest live
+        sibling (:class:`Siblings`): a client moved from an even split costs
+        a reconnect and ends up no better off. Past AGE_BOUND ages, whatever
+        the split. Never while the worker holds more of the client's requests
+        (pipelined) than the one answered: closing would drop them unanswered.
+        What the client sent after them is left unread (RFC 9112 9.3.2: it
+        retries), so a pipelining client is still closed about at its age.
         """
-        if not self.drain.active:
-            max_age = self.settings.keepalive_max_age
-            if not max_age or time.monotonic() - channel.accepted_at < max_age:
-                return False
-        return not channel.read_more()
+        if self.drain.active:
+            return not channel.read_more()
+        max_age = self.settings.keepalive_max_age
+        if not max_age:
+            return False
+        now = time.monotonic()
+        age = now - channel.accepted_at
+        if age < max_age or (age < AGE_BOUND * max_age and self._even_split(now)):
+            return False
+        if channel.read_more():
+            return False
+        self._leaving += 1
+        return True
+
+    def _even_split(self, now: float) -> bool:
+        """Whether this worker holds at most one connection over its lightest live sibling.
+
+        The sibling's count is read from the table at most every SPLIT_EVERY,
+        as this is asked for every response on a connection past its age; this
+        worker's own is counted live, less the connections it has ended since
+        (closing, not closed yet), so a worker past its share sheds only the excess.
+        """
+        then, lightest = self._lightest_at
+        held = self.loop.connections()
+        if now - then >= SPLIT_EVERY:
+            self.siblings.publish(held, now)
+            lightest = self.siblings.lightest(now)
+            self._lightest_at = (now, lightest)  # NOTE: one tuple: racing threads each store a whole one
+            self._leaving = 0
+        return lightest is not None and held - self._leaving - lightest <= 1
 
     # -- asked by the Worker --------------------------------------------------------------------
 
@@ -184,8 +227,9 @@ class FleetServer:
         return self.drain.close_all()
 
     def sweep(self, now: float) -> None:
-        """Close connections past a deadline (see :class:`Deadlines`)."""
+        """Close connections past a deadline (see :class:`Deadlines`); tell the siblings how many are open."""
         self.deadlines.sweep(self.loop.channels(), now)
+        self.siblings.publish(self.loop.connections(), now)
 
     def resume_inline(self, now: float) -> None:
         """End the cool-down after a hand-over: serve on the loop again."""
@@ -201,5 +245,6 @@ class FleetServer:
         return self.accounting.stuck(older_than, now, except_thread=self.dispatch.stands_in())
 
     def shutdown(self) -> None:
+        self.siblings.close()
         self.dispatch.close()
         self.loop.close()

@@ -174,9 +174,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FLEET_MAX_RSS", "0", _bytes,
             "Recycle a worker whose resident memory passes this size, e.g. 512M (0: never)."),
     Setting("FLEET_KEEPALIVE_MAX_AGE", "3", _seconds,
-            "Close a keep-alive connection after its first response past this age that has no "
-            "request read behind it, so clients spread again over all workers, new ones "
-            "included (0: never)."),
+            "Close a keep-alive connection at its first response past this age (with no request "
+            "read behind it) while its worker holds more connections than a sibling, so clients "
+            "spread evenly over all workers, new ones included; past 10 times this age in any "
+            "case (0: never)."),
     Setting("FLEET_CHANNEL_TIMEOUT", "60", _seconds,
             "Close a keep-alive connection idle for this long, or one whose client reads none "
             "of its response for this long."),

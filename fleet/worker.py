@@ -466,7 +466,8 @@ def _main(argv: list[str] | None) -> int:
             _pin(settings.instance)
 
     try:
-        server = FleetServer(app, sockets, settings)
+        # NOTE: systemd's StateDirectory= (the app's, shared by its workers); the first, if several.
+        server = FleetServer(app, sockets, settings, os.environ.get("STATE_DIRECTORY", "").split(":")[0])
     except (OSError, ValueError) as exc:
         return _boot_failed(f"cannot serve {len(sockets)} inherited sockets: {exc}; "
                             "check ListenStream= in fleet.socket", EXIT_CONFIG)

@@ -300,6 +300,44 @@ def test_a_worker_whose_requests_do_not_progress_never_takes_a_waiting_connectio
         assert not fleet.gate.patience_over(), "its threads are stuck: a sibling or nobody"
 
 
+def test_a_worker_past_its_share_ends_only_its_excess_connections_at_their_age(tmp_path, monkeypatch):
+    # NOTE: the clock is set by hand, so every answer comes within one SPLIT_EVERY, in which
+    # the sibling's count is read once; the worker's own is counted live, less what it has ended.
+    from fleet import server
+    from fleet.settings import Settings
+    from fleet.siblings import Siblings
+
+    clock = [1000.0]
+    fake = SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
+    fake.monotonic = lambda: clock[0]
+    monkeypatch.setattr(server, "time", fake)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    fleet = server.FleetServer(lambda environ, start_response: [], [sock],
+                               Settings.from_env({"FLEET_INSTANCE": "1", "FLEET_KEEPALIVE_MAX_AGE": "1"}),
+                               state_directory=str(tmp_path))
+    sibling = Siblings.open(str(tmp_path), "2")
+
+    def connection(age: float) -> SimpleNamespace:
+        return SimpleNamespace(accepted_at=clock[0] - age, read_more=lambda: False)
+
+    try:
+        monkeypatch.setattr(fleet.loop, "connections", lambda: 9)  # NOTE: as if it held 9
+        sibling.publish(3, clock[0])
+        assert not fleet.ends_keepalive(connection(0.5)), "younger than the age: kept"
+        ended = [fleet.ends_keepalive(connection(2.0)) for _ in range(8)]
+        assert ended == [True] * 5 + [False] * 3, "9 against 3: 5 leave, and 4 against 3 is even"
+        assert fleet.ends_keepalive(connection(server.AGE_BOUND + 1.0)), "past AGE_BOUND ages: ends"
+        clock[0] += server.SPLIT_EVERY  # NOTE: the table is read again; the 5 ended are closed by now
+        monkeypatch.setattr(fleet.loop, "connections", lambda: 4)
+        assert not fleet.ends_keepalive(connection(2.0)), "4 against 3 is even"
+    finally:
+        sibling.close()
+        fleet.shutdown()
+        sock.close()
+
+
 # --- deadlines --------------------------------------------------------------------------
 
 

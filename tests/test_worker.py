@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import http.client
 import json
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from fleet.server import AGE_BOUND
 from fleet.worker import EXIT_APP_LOAD, EXIT_CONFIG, EXIT_USAGE, StartHistory
 from harness.attacks import exchange, parse_responses, request
 from harness.http import get
@@ -195,6 +197,47 @@ def test_keepalive_connection_closes_after_max_age(listener, spawn):
     assert "connection" not in get(port_of(listener), conn=conn)[1]
     time.sleep(0.6)
     assert get(port_of(listener), conn=conn)[1]["connection"] == "close"
+
+
+def test_keepalive_clients_split_evenly_and_then_stay(tmp_path, listener, spawn):
+    # NOTE: no clock decides the outcome: a close is a failure only if its
+    # connection is younger than the bound on every connection's age
+    # (AGE_BOUND × FLEET_KEEPALIVE_MAX_AGE), as the client measures it from
+    # before the worker accepted it.
+    env = {"FLEET_KEEPALIVE_MAX_AGE": "1s", "STATE_DIRECTORY": str(tmp_path)}
+    workers = [spawn(listener, FLEET_INSTANCE=str(n), **env) for n in (1, 2)]
+    for worker in workers:
+        worker.notify.wait_for("READY", "1")
+    port = port_of(listener)
+    clients = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(8)]
+    opened = [0.0] * len(clients)
+    bound = AGE_BOUND * 1.0
+
+    def one_round() -> tuple[list[str], list[float]]:
+        """Each client asks once; which worker answered each, and the age of each that was closed."""
+        served, closed_at_age = [], []
+        for i, conn in enumerate(clients):
+            if conn.sock is None:  # NOTE: http.client reconnects for this request
+                opened[i] = time.monotonic()
+            _, headers, _ = get(port, conn=conn)
+            served.append(headers["x-fleet-worker"])
+            if headers.get("connection") == "close":
+                closed_at_age.append(time.monotonic() - opened[i])
+        return served, closed_at_age
+
+    history = []
+    deadline = time.monotonic() + 60
+    while sorted(collections.Counter(served := one_round()[0]).values()) != [4, 4]:
+        history.append(served)
+        assert time.monotonic() < deadline, f"the clients never split 4/4: {history[-5:]}"
+    # NOTE: past the age at least once more: every connection's answer is then made past it.
+    moved: list[float] = []
+    until = time.monotonic() + 1.5
+    while time.monotonic() < until:
+        moved += [age for age in one_round()[1] if age < bound]
+    assert moved == [], f"connections of an even split were closed at ages {moved}"
+    for conn in clients:
+        conn.close()
 
 
 def test_requests_pipelined_past_max_age_are_answered_before_the_close(listener, spawn):

@@ -249,8 +249,9 @@ def test_clients_that_never_read_a_large_response_never_stop_the_fleet(fleet: Fl
 
 
 def test_a_pipelined_flood_never_stops_the_fleet(fleet: Fleet) -> None:
-    # NOTE: the fleet closes each on its first answer past FLEET_KEEPALIVE_MAX_AGE (3 s); the
-    # attacker opens another, so 50 flood for the whole 10 s.
+    # NOTE: the fleet closes each on its first answer past FLEET_KEEPALIVE_MAX_AGE (3 s) while
+    # its worker holds more than a sibling; the attacker opens another, so 50 flood for the
+    # whole 10 s.
     flood = Attack("50 connections pipelining GET / as fast as they can, never reading", 50,
                    flood=request() * 500, read=False)  # fmt: skip
     run(fleet, flood, seconds=10).assert_everyone_else_served()

@@ -93,6 +93,26 @@ def test_units_verify_cleanly_and_workers_are_sandboxed(fleet: Fleet) -> None:
     assert float(m.group(1)) <= 2.0, f"the worker's sandbox weakened:\n{security}"
 
 
+def test_workers_share_their_connection_counts_in_the_state_directory(fleet: Fleet) -> None:
+    # NOTE: the table fleet/siblings.py keeps, read as a sibling reads it: a slot per
+    # worker, each written within the last 2 s (CLOCK_MONOTONIC is the host's, boxes too).
+    fleet.fleetctl("scale", "3")
+    read = ("import struct, time\n"
+            "table = open('/var/lib/fleet/connections', 'rb').read()\n"
+            "now = time.monotonic()\n"
+            "slots = enumerate(struct.iter_unpack('=qd', table))\n"
+            "print(' '.join(str(i) for i, (_, written) in slots if now - written < 2))\n")
+
+    def live_slots() -> list[str]:
+        return fleet.box.run("python3", "-c", read, check=False).stdout.split()
+
+    wait_for(live_slots, lambda slots: sorted(slots) == sorted(fleet.pids()), 30,
+             "a live slot for each worker in /var/lib/fleet/connections")
+    fleet.fleetctl("scale", "2")
+    wait_for(live_slots, lambda slots: sorted(slots) == sorted(fleet.pids()) and len(slots) == 2, 30,
+             "the stopped worker's slot left at once")
+
+
 def test_stopping_the_fleet_keeps_the_socket_and_a_request_brings_it_back(fleet: Fleet) -> None:
     port = fleet.port
     listening = listening_on(port)

@@ -1,0 +1,87 @@
+"""How an app's workers split their clients: each worker's open connections, in a table they all map.
+
+Every worker of an app writes its count and a heartbeat into its own slot of a
+small file in the app's ``StateDirectory=``, the one directory all its
+instances share that no instance's stop removes. A worker reads its siblings'
+slots to decide whether it holds more than its share: then it ends keep-alive
+connections at their age (``FleetServer.ends_keepalive``) and the gate of the
+lighter sibling takes them first (it waits less the fewer it holds); otherwise
+it keeps them, since moving a client costs it a reconnect and a wait in the
+kernel's queue (bench/analysis.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import struct
+
+log = logging.getLogger("fleet.worker")
+
+# Instances 0..SLOTS-1 have a slot; a worker of another name shares nothing.
+SLOTS = 256
+# A slot: open connections, and when they were written (CLOCK_MONOTONIC, one
+# clock for every process on the host; a slot from before a reboot reads as
+# written in the future, and does not count).
+_SLOT = struct.Struct("=qd")
+_TABLE = struct.Struct("=" + "qd" * SLOTS)
+# A slot not written for this long is a stopped or stuck worker's: not a sibling to leave clients to.
+STALE = 2.0
+TABLE = "connections"
+
+
+class Siblings:
+    """This worker's slot, written whole by any of its threads (one call, under the GIL); the others', read.
+
+    A read that races a sibling's write may see half of it: one decision
+    made on a wrong count, which the next one corrects.
+    """
+
+    def __init__(self, table: mmap.mmap | None, slot: int) -> None:
+        self._table = table
+        self._slot = slot
+
+    @classmethod
+    def open(cls, directory: str, instance: str) -> Siblings:
+        """The table in ``directory`` (systemd's $STATE_DIRECTORY); none without one."""
+        if not directory or not instance.isdigit() or int(instance) >= SLOTS:
+            return cls(None, 0)
+        try:
+            fd = os.open(os.path.join(directory, TABLE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                # NOTE: blocks allocated now, so a full disk fails here, not as a
+                # SIGBUS at a write to the mapping; siblings doing the same at once agree.
+                os.posix_fallocate(fd, 0, _TABLE.size)
+                table = mmap.mmap(fd, _TABLE.size)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            log.warning("not sharing connection counts with sibling workers (%s): each splits "
+                        "clients on its own; check that %s is writable by the worker's user", e, directory)
+            return cls(None, 0)
+        return cls(table, int(instance))
+
+    def publish(self, connections: int, now: float) -> None:
+        if self._table is not None:
+            _SLOT.pack_into(self._table, self._slot * _SLOT.size, connections, now)
+
+    def lightest(self, now: float) -> int | None:
+        """The fewest connections a live sibling holds; None with no table or no live sibling."""
+        if self._table is None:
+            return None
+        values = _TABLE.unpack_from(self._table)
+        fewest: int | None = None
+        for slot, written in enumerate(values[1::2]):
+            if written and slot != self._slot and 0.0 <= now - written < STALE:
+                connections = values[2 * slot]
+                if fewest is None or connections < fewest:
+                    fewest = connections
+        return fewest
+
+    def close(self) -> None:
+        """Leave the table: siblings stop counting this worker at once, not after STALE."""
+        if self._table is not None:
+            _SLOT.pack_into(self._table, self._slot * _SLOT.size, 0, 0.0)
+            self._table.close()
+            self._table = None

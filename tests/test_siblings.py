@@ -1,0 +1,48 @@
+"""The table of connection counts an app's workers share (fleet/siblings.py), with the clock set by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fleet.siblings import SLOTS, STALE, Siblings
+
+
+def test_a_worker_sees_its_live_siblings_counts_not_its_own(tmp_path: Path) -> None:
+    one, two, three = (Siblings.open(str(tmp_path), str(n)) for n in (1, 2, 3))
+    assert one.lightest(100.0) is None, "no sibling has written yet"
+    one.publish(30, 100.0)
+    two.publish(20, 100.0)
+    three.publish(24, 100.0)
+    assert one.lightest(100.5) == 20
+    assert two.lightest(100.5) == 24
+    assert three.lightest(100.5) == 20
+
+
+def test_a_silent_or_stopped_siblings_slot_does_not_count(tmp_path: Path) -> None:
+    one, two, three = (Siblings.open(str(tmp_path), str(n)) for n in (1, 2, 3))
+    two.publish(0, 100.0)
+    three.publish(5, 100.0 + STALE)
+    assert one.lightest(100.0 + STALE) == 5, "a slot not written for STALE is a stuck worker's"
+    three.close()
+    assert one.lightest(100.0 + STALE) is None, "a worker that stopped leaves the table at once"
+
+
+def test_without_a_state_directory_or_a_numbered_instance_nothing_is_shared(tmp_path: Path) -> None:
+    for siblings in (Siblings.open("", "1"), Siblings.open(str(tmp_path), "web"),
+                     Siblings.open(str(tmp_path), str(SLOTS))):
+        siblings.publish(10, 1.0)
+        assert siblings.lightest(1.0) is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_directory_it_cannot_write_shares_nothing(tmp_path: Path, caplog) -> None:
+    missing = tmp_path / "not-there"
+    siblings = Siblings.open(str(missing), "1")
+    assert siblings.lightest(1.0) is None
+    assert "not sharing connection counts" in caplog.text and str(missing) in caplog.text
+
+
+def test_a_slot_from_before_a_reboot_does_not_count(tmp_path: Path) -> None:
+    one, two = (Siblings.open(str(tmp_path), str(n)) for n in (1, 2))
+    two.publish(3, 5000.0)  # NOTE: CLOCK_MONOTONIC starts again at a reboot; the file stays
+    assert one.lightest(12.0) is None
