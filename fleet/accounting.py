@@ -40,6 +40,10 @@ class Accounting:
             self.recycle_due = True
             self._wake_loop()  # wake the loop to begin draining
 
+    def last_started(self) -> float:
+        """When the newest request in flight began; 0.0 with none."""
+        return max(list(self.busy.values()), default=0.0)
+
     def stuck(self, older_than: float, now: float, except_thread: int | None) -> int:
         """Threads on one request for ``older_than`` or more, ``except_thread`` aside."""
         return sum(1 for thread, started in list(self.busy.items())

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fleet.siblings import Siblings
 from fleet.waitress_api import EventLoop
 
 # Connections accepted in one poll pass, at most, while the gate stays open.
@@ -31,6 +32,11 @@ ACCEPT_BATCH = 16
 GATE_PATIENCE = 0.001
 GATE_PATIENCE_PER_CONNECTION = 0.00005
 GATE_PATIENCE_MAX = 0.02
+# A busy worker holding no more connections than its lightest live sibling
+# (fleet/siblings.py) takes a waiting connection at once, as no sibling would
+# serve it sooner, while one of its requests began within this; a worker
+# whose requests all began longer ago and none ended since may be stuck.
+GATE_FRESH = 1.0
 
 
 class Gate:
@@ -40,18 +46,26 @@ class Gate:
     port scan, an idle keep-alive) never closes the gate. When every worker
     is busy, a connection this worker has seen waiting for its patience
     (longer the more connections it holds) goes to it if it is getting
-    through its requests, never if its threads are stuck. At the connection
-    limit, the longest-idle connections are closed to make room.
+    through its requests, never if its threads are stuck. A busy worker that
+    holds no more than its lightest sibling takes it at once: at a burst of
+    new clients, each worker then queues its share of their first requests
+    before its other clients' next ones, as a server that accepts everything
+    would. At the connection limit, the longest-idle connections are closed
+    to make room.
 
     Run by the loop thread (the holder of the event loop's lock), as every
     field here is written by it only.
     """
 
     def __init__(self, loop: EventLoop, listening: list[int], threads: int, limit: int,
-                 working: Callable[[], int], requests_done: Callable[[], int]) -> None:
+                 working: Callable[[], int], requests_done: Callable[[], int],
+                 last_started: Callable[[], float], siblings: Siblings) -> None:
         """``listening``: the listening sockets' descriptors; ``working``: requests running, queued
-        or waiting for the loop; ``requests_done``: requests served so far."""
+        or waiting for the loop; ``requests_done``: requests served so far; ``last_started``: when the
+        newest request in flight began (0.0: none)."""
         self.loop = loop
+        self.siblings = siblings
+        self._last_started = last_started
         self.threads = max(1, threads)
         self.limit = limit
         self._working = working
@@ -62,6 +76,7 @@ class Gate:
         self.done_when_closed = 0  # loop thread: requests_done then
         self.seen_empty = 0.0  # loop thread: when the gate last saw no connection waiting for it
         self.owed = 0  # loop thread: connections the patience let in this pass, not yet accepted
+        self.lead_up_to = -1  # loop thread: in this pass, take connections while holding at most this many
         # NOTE: looked at only while the gate is closed, when the event loop's
         # own poll leaves the listening sockets out.
         self.queues = select.poll()
@@ -111,6 +126,8 @@ class Gate:
             if self.has_capacity():
                 self.seen_empty = time.monotonic()  # NOTE: whatever waits is accepted in this pass
                 self.owed = 0
+                self.lead_up_to = -1
+                self.siblings.publish_busy(False)
                 return True
             return self.patience_over()
 
@@ -130,6 +147,7 @@ class Gate:
         50 of a busy worker's long passes.
         """
         now = time.monotonic()
+        self.lead_up_to = -1
         if not self.closed_since:
             self._close(now)
             return False
@@ -137,6 +155,8 @@ class Gate:
             self.seen_empty = now
             return False
         held = self.loop.connections()
+        if self.leads(held, now):
+            return True
         patience = min(GATE_PATIENCE_MAX, GATE_PATIENCE + GATE_PATIENCE_PER_CONNECTION * held)
         waited = now - max(self.seen_empty, self.closed_since)
         if waited < patience or self._requests_done() == self.done_when_closed:
@@ -144,7 +164,23 @@ class Gate:
         self.owed = min(ACCEPT_BATCH, int(waited / patience))
         return True
 
+    def leads(self, held: int, now: float) -> bool:
+        """Whether this busy worker takes connections at once: no live sibling lighter or with a thread free.
+
+        Not if it may be stuck. If it leads, it takes connections in this pass
+        up to one more than its lightest sibling, whose gate then does the
+        same: a burst is split evenly at once.
+        """
+        lightest = self.siblings.lightest(now)
+        if lightest is None or held > lightest or not self.siblings.all_busy(now):
+            return False  # NOTE: a sibling with a thread free serves it sooner
+        if now - self._last_started() >= GATE_FRESH and self._requests_done() == self.done_when_closed:
+            return False  # NOTE: its requests are old and none ended since the gate closed
+        self.lead_up_to = lightest
+        return True
+
     def _close(self, now: float) -> None:
+        self.siblings.publish_busy(True)
         self.closed_since = now
         self.done_when_closed = self._requests_done()
 
@@ -161,11 +197,17 @@ class Gate:
                 handle_accept()
                 if self.accepted == before or not self.has_room():
                     return
+                now = time.monotonic()
+                held = self.loop.connections()
+                self.siblings.publish(held, now)
                 if not self.has_capacity():
+                    if held <= self.lead_up_to:
+                        continue
+                    self.lead_up_to = -1
                     self.owed -= 1
                     if self.owed > 0:
                         continue
-                    self._close(time.monotonic())  # NOTE: patience again before the next one
+                    self._close(now)  # NOTE: patience again before the next one
                     return
                 self.closed_since = 0.0
 

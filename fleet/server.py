@@ -112,7 +112,8 @@ class FleetServer:
         self._leaving = 0
         self.gate = Gate(self.loop, self.listeners.filenos(), settings.threads, settings.connection_limit,
                          working=functools.partial(self.dispatch.working, busy),
-                         requests_done=lambda: self.accounting.requests_done)
+                         requests_done=lambda: self.accounting.requests_done,
+                         last_started=self.accounting.last_started, siblings=self.siblings)
         self.listeners.adapt(readable=self.gate.readable, accept=self.gate.accept_batch,
                              wake=self.dispatch.wake)
         self.drain = Drain(self.loop, self.listeners)

@@ -21,14 +21,20 @@ log = logging.getLogger("fleet.worker")
 
 # Instances 0..SLOTS-1 have a slot; a worker of another name shares nothing.
 SLOTS = 256
-# A slot: open connections, and when they were written (CLOCK_MONOTONIC, one
-# clock for every process on the host; a slot from before a reboot reads as
-# written in the future, and does not count).
-_SLOT = struct.Struct("=qd")
-_TABLE = struct.Struct("=" + "qd" * SLOTS)
+# A slot: open connections, 1 while no thread is free (else 0), and when the
+# connections were written (CLOCK_MONOTONIC, one clock for every process on the
+# host; a slot from before a reboot reads as written in the future, and does not count).
+_SLOT = struct.Struct("=qqd")
+_BUSY = struct.Struct("=q")
+_BUSY_AT = 8
+_TABLE = struct.Struct("=" + "qqd" * SLOTS)
 # A slot not written for this long is a stopped or stuck worker's: not a sibling to leave clients to.
 STALE = 2.0
-TABLE = "connections"
+# How often the whole table is scanned for the slots in use; between scans only those are read.
+RESCAN = 0.5
+# NOTE: the layout's version is in the name: a worker of another fleet version
+# (during an upgrade) keeps its own table rather than misreading this one.
+TABLE = "workers.v1"
 
 
 class Siblings:
@@ -41,6 +47,10 @@ class Siblings:
     def __init__(self, table: mmap.mmap | None, slot: int) -> None:
         self._table = table
         self._slot = slot
+        # Any thread (a whole tuple stored at once): when the table was last
+        # scanned, and the siblings' slots found written then.
+        self._in_use: tuple[float, tuple[int, ...]] = (float("-inf"), ())
+        self._busy = 0  # the loop thread: this worker's busy field as last written
 
     @classmethod
     def open(cls, directory: str, instance: str) -> Siblings:
@@ -64,24 +74,46 @@ class Siblings:
 
     def publish(self, connections: int, now: float) -> None:
         if self._table is not None:
-            _SLOT.pack_into(self._table, self._slot * _SLOT.size, connections, now)
+            _SLOT.pack_into(self._table, self._slot * _SLOT.size, connections, self._busy, now)
+
+    def publish_busy(self, busy: bool) -> None:
+        """Whether this worker has no thread free; written only when it changes. Loop thread."""
+        if self._table is not None and busy != self._busy:
+            self._busy = int(busy)
+            _BUSY.pack_into(self._table, self._slot * _SLOT.size + _BUSY_AT, self._busy)
 
     def lightest(self, now: float) -> int | None:
         """The fewest connections a live sibling holds; None with no table or no live sibling."""
-        if self._table is None:
-            return None
-        values = _TABLE.unpack_from(self._table)
-        fewest: int | None = None
-        for slot, written in enumerate(values[1::2]):
-            if written and slot != self._slot and 0.0 <= now - written < STALE:
-                connections = values[2 * slot]
-                if fewest is None or connections < fewest:
-                    fewest = connections
-        return fewest
+        return min((connections for connections, _ in self._live(now)), default=None)
+
+    def all_busy(self, now: float) -> bool:
+        """Whether no live sibling has a thread free (True with none)."""
+        return all(busy for _, busy in self._live(now))
+
+    def _live(self, now: float) -> list[tuple[int, int]]:
+        """Each live sibling's connections and busy field.
+
+        Cheap enough for a busy gate's every pass: it reads only the slots in
+        use at the last scan (a new sibling is seen within RESCAN).
+        """
+        table = self._table
+        if table is None:
+            return []
+        scanned, in_use = self._in_use
+        if not 0.0 <= now - scanned < RESCAN:
+            written = _TABLE.unpack_from(table)[2::3]
+            in_use = tuple(slot for slot in range(SLOTS) if written[slot] and slot != self._slot)
+            self._in_use = (now, in_use)
+        live = []
+        for slot in in_use:
+            connections, busy, at = _SLOT.unpack_from(table, slot * _SLOT.size)
+            if 0.0 <= now - at < STALE:
+                live.append((connections, busy))
+        return live
 
     def close(self) -> None:
         """Leave the table: siblings stop counting this worker at once, not after STALE."""
         if self._table is not None:
-            _SLOT.pack_into(self._table, self._slot * _SLOT.size, 0, 0.0)
+            _SLOT.pack_into(self._table, self._slot * _SLOT.size, 0, 0, 0.0)
             self._table.close()
             self._table = None

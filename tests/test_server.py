@@ -300,6 +300,80 @@ def test_a_worker_whose_requests_do_not_progress_never_takes_a_waiting_connectio
         assert not fleet.gate.patience_over(), "its threads are stuck: a sibling or nobody"
 
 
+@pytest.fixture
+def leading_server(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """A busy FleetServer (instance 1) with a busy sibling (instance 2) in its table, and its gate's clock."""
+    from fleet import gate, server
+    from fleet.settings import Settings
+    from fleet.siblings import Siblings
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    fleet = server.FleetServer(lambda environ, start_response: [], [sock],
+                               Settings.from_env({"FLEET_INSTANCE": "1", "FLEET_INLINE_MAX": "0"}),
+                               state_directory=str(tmp_path))
+    monkeypatch.setattr(fleet.gate, "has_capacity", lambda: False)
+    clock = [1000.0]
+    fake = SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
+    fake.monotonic = lambda: clock[0]
+    monkeypatch.setattr(gate, "time", fake)
+    held = [3]
+    monkeypatch.setattr(fleet.loop, "connections", lambda: held[0])
+    sibling = Siblings.open(str(tmp_path), "2")
+    sibling.publish_busy(True)
+    with connect(sock.getsockname()[1]) as newcomer:
+        newcomer.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        wait_until(lambda: bool(fleet.gate.queues.poll(0)), 5, "the connection in the listening queue")
+        yield fleet, clock, held, sibling
+    sibling.close()
+    fleet.shutdown()
+    sock.close()
+
+
+def test_a_busy_worker_holding_no_more_than_its_siblings_takes_a_waiting_connection_at_once(leading_server):
+    fleet, clock, held, sibling = leading_server
+    sibling.publish(3, clock[0])
+    assert not fleet.gate.patience_over(), "the gate just closed"
+    fleet.accounting.busy[1] = clock[0]  # NOTE: a request began just now
+    assert fleet.gate.patience_over(), "3 against 3: no sibling would serve it sooner"
+    sibling.publish_busy(False)
+    assert not fleet.gate.patience_over(), "the sibling has a thread free: it serves it sooner"
+    sibling.publish_busy(True)
+    sibling.publish(2, clock[0])
+    assert not fleet.gate.patience_over(), "3 against 2: the sibling takes it, or this one after its patience"
+
+
+def test_a_busy_worker_whose_requests_are_old_and_do_not_end_leads_no_more(leading_server):
+    from fleet import gate
+
+    fleet, clock, held, sibling = leading_server
+    fleet.gate.patience_over()
+    fleet.accounting.busy[1] = clock[0]
+    clock[0] += gate.GATE_FRESH
+    sibling.publish(3, clock[0])
+    assert not fleet.gate.patience_over(), "its newest request began GATE_FRESH ago and none ended: stuck"
+    fleet.accounting.requests_done += 1
+    assert fleet.gate.patience_over(), "a request ended since the gate closed: not stuck"
+
+
+def test_a_leading_worker_takes_connections_up_to_one_more_than_its_lightest_sibling(leading_server):
+    fleet, clock, held, sibling = leading_server
+    held[0] = 1
+    sibling.publish(3, clock[0])
+    fleet.gate.patience_over()
+    fleet.accounting.busy[1] = clock[0]
+    assert fleet.gate.patience_over()
+
+    def handle_accept() -> None:  # NOTE: as waitress's listener does, with a connection to take
+        held[0] += 1
+        fleet.gate.connection_accepted(True)
+
+    fleet.gate.accept_batch(handle_accept)()
+    assert held[0] == 4, "from 1 against 3 it takes 3, to one more than the sibling"
+    assert sibling.lightest(clock[0]) == 4, "each one published to the siblings as it is taken"
+
+
 def test_a_worker_past_its_share_ends_only_its_excess_connections_at_their_age(tmp_path, monkeypatch):
     # NOTE: the clock is set by hand, so every answer comes within one SPLIT_EVERY, in which
     # the sibling's count is read once; the worker's own is counted live, less what it has ended.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fleet.siblings import SLOTS, STALE, Siblings
+from fleet.siblings import RESCAN, SLOTS, STALE, Siblings
 
 
 def test_a_worker_sees_its_live_siblings_counts_not_its_own(tmp_path: Path) -> None:
@@ -46,3 +46,29 @@ def test_a_slot_from_before_a_reboot_does_not_count(tmp_path: Path) -> None:
     one, two = (Siblings.open(str(tmp_path), str(n)) for n in (1, 2))
     two.publish(3, 5000.0)  # NOTE: CLOCK_MONOTONIC starts again at a reboot; the file stays
     assert one.lightest(12.0) is None
+
+
+def test_a_new_sibling_is_seen_within_a_rescan(tmp_path: Path) -> None:
+    one, two = (Siblings.open(str(tmp_path), str(n)) for n in (1, 2))
+    assert one.lightest(100.0) is None
+    two.publish(5, 100.1)
+    assert one.lightest(100.2) is None, "between scans only the slots in use then are read"
+    assert one.lightest(100.0 + RESCAN) == 5
+    two.publish(2, 100.0 + RESCAN)
+    assert one.lightest(100.1 + RESCAN) == 2, "a slot in use is read every time"
+
+
+def test_a_sibling_with_a_thread_free_is_not_busy(tmp_path: Path) -> None:
+    one, two, three = (Siblings.open(str(tmp_path), str(n)) for n in (1, 2, 3))
+    assert one.all_busy(100.0), "no sibling: none has a thread free"
+    two.publish(10, 100.0)
+    three.publish(10, 100.0)
+    assert not one.all_busy(100.5)
+    two.publish_busy(True)
+    assert not one.all_busy(100.5), "three has a thread free"
+    three.publish_busy(True)
+    assert one.all_busy(100.5)
+    three.publish(12, 101.0)
+    assert one.all_busy(101.0) and one.lightest(101.0) == 10, "a count written keeps the busy field"
+    two.publish_busy(False)
+    assert not one.all_busy(101.0)
