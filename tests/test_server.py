@@ -229,25 +229,38 @@ def test_making_room_spares_a_connection_whose_request_is_not_read_yet(tmp_path,
 # --- gate patience (in-process: the rule itself, with the clock and the load set by hand) ---
 
 
-@pytest.fixture
-def gated_server(monkeypatch):  # type: ignore[no-untyped-def]
-    """A FleetServer on a listening socket of its own, with its gate closed for want of a thread."""
-    from fleet import gate, server
+def clock_by_hand(monkeypatch, module: Any) -> list[float]:  # type: ignore[no-untyped-def]
+    """``module``'s own view of time.monotonic, set by hand; wait_until and pytest keep the real clock."""
+    clock = [1000.0]
+    fake = SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
+    fake.monotonic = lambda: clock[0]
+    monkeypatch.setattr(module, "time", fake)
+    return clock
+
+
+def server_on_its_own_socket(env: dict[str, str], state_directory: str = "") -> tuple[Any, socket.socket]:
+    """A FleetServer of an app that answers nothing, on a listening socket of its own."""
+    from fleet.server import FleetServer
     from fleet.settings import Settings
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)
-    fleet = server.FleetServer(lambda environ, start_response: [], [sock],
-                               Settings.from_env({"FLEET_THREADS": "1", "FLEET_INLINE_MAX": "0"}))
+    fleet = FleetServer(lambda environ, start_response: [], [sock], Settings.from_env(env), state_directory)
+    return fleet, sock
+
+
+@pytest.fixture
+def gated_server(monkeypatch):  # type: ignore[no-untyped-def]
+    """A FleetServer on a listening socket of its own, with its gate closed for want of a thread."""
+    from fleet import gate
+
+    fleet, sock = server_on_its_own_socket({"FLEET_THREADS": "1", "FLEET_INLINE_MAX": "0"})
     monkeypatch.setattr(fleet.gate, "has_capacity", lambda: False)
-    clock = [1000.0]
-    # NOTE: fleet.gate's own view of time only; wait_until and pytest keep the real clock.
-    fake = SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
-    fake.monotonic = lambda: clock[0]
-    monkeypatch.setattr(gate, "time", fake)
+    clock = clock_by_hand(monkeypatch, gate)
     yield fleet, clock, sock.getsockname()[1]
     fleet.shutdown()
+    sock.close()
 
 
 def test_a_busy_worker_takes_a_waiting_connection_after_its_patience_from_the_last_empty_look(gated_server):
@@ -303,21 +316,12 @@ def test_a_worker_whose_requests_do_not_progress_never_takes_a_waiting_connectio
 @pytest.fixture
 def leading_server(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     """A busy FleetServer (instance 1) with a busy sibling (instance 2) in its table, and its gate's clock."""
-    from fleet import gate, server
-    from fleet.settings import Settings
+    from fleet import gate
     from fleet.siblings import Siblings
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    fleet = server.FleetServer(lambda environ, start_response: [], [sock],
-                               Settings.from_env({"FLEET_INSTANCE": "1", "FLEET_INLINE_MAX": "0"}),
-                               state_directory=str(tmp_path))
+    fleet, sock = server_on_its_own_socket({"FLEET_INSTANCE": "1", "FLEET_INLINE_MAX": "0"}, str(tmp_path))
     monkeypatch.setattr(fleet.gate, "has_capacity", lambda: False)
-    clock = [1000.0]
-    fake = SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
-    fake.monotonic = lambda: clock[0]
-    monkeypatch.setattr(gate, "time", fake)
+    clock = clock_by_hand(monkeypatch, gate)
     held = [3]
     monkeypatch.setattr(fleet.loop, "connections", lambda: held[0])
     sibling = Siblings.open(str(tmp_path), "2")
@@ -378,19 +382,11 @@ def test_a_worker_past_its_share_ends_only_its_excess_connections_at_their_age(t
     # NOTE: the clock is set by hand, so every answer comes within one SPLIT_EVERY, in which
     # the sibling's count is read once; the worker's own is counted live, less what it has ended.
     from fleet import server
-    from fleet.settings import Settings
     from fleet.siblings import Siblings
 
-    clock = [1000.0]
-    fake = SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
-    fake.monotonic = lambda: clock[0]
-    monkeypatch.setattr(server, "time", fake)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    fleet = server.FleetServer(lambda environ, start_response: [], [sock],
-                               Settings.from_env({"FLEET_INSTANCE": "1", "FLEET_KEEPALIVE_MAX_AGE": "1"}),
-                               state_directory=str(tmp_path))
+    clock = clock_by_hand(monkeypatch, server)
+    env = {"FLEET_INSTANCE": "1", "FLEET_KEEPALIVE_MAX_AGE": "1"}
+    fleet, sock = server_on_its_own_socket(env, str(tmp_path))
     sibling = Siblings.open(str(tmp_path), "2")
 
     def connection(age: float) -> SimpleNamespace:
