@@ -172,7 +172,9 @@ class Gate:
         same: a burst is split evenly at once.
         """
         lightest = self.siblings.lightest(now)
-        if lightest is None or held > lightest or not self.siblings.all_busy(now):
+        if lightest is None or held > lightest:
+            return False  # NOTE: the lighter sibling leads, or no sibling shares the table
+        if not self.siblings.all_busy(now):
             return False  # NOTE: a sibling with a thread free serves it sooner
         if now - self._last_started() >= GATE_FRESH and self._requests_done() == self.done_when_closed:
             return False  # NOTE: its requests are old and none ended since the gate closed

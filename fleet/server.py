@@ -214,7 +214,11 @@ class FleetServer:
         self.listeners.set_accepting(False)
 
     def begin_drain(self) -> None:
-        """Stop accepting for good; every response from now on closes its connection."""
+        """Stop accepting for good; every response from now on closes its connection.
+
+        The siblings stop counting this worker: it takes no client from them now.
+        """
+        self.siblings.leave()
         self.drain.begin()
 
     def is_draining(self) -> bool:
@@ -246,6 +250,6 @@ class FleetServer:
         return self.accounting.stuck(older_than, now, except_thread=self.dispatch.stands_in())
 
     def shutdown(self) -> None:
-        self.siblings.close()
+        self.siblings.leave()
         self.dispatch.close()
         self.loop.close()

@@ -4,10 +4,11 @@ Every worker of an app writes its count and a heartbeat into its own slot of a
 small file in the app's ``StateDirectory=``, the one directory all its
 instances share that no instance's stop removes. A worker reads its siblings'
 slots to decide whether it holds more than its share: then it ends keep-alive
-connections at their age (``FleetServer.ends_keepalive``) and the gate of the
-lighter sibling takes them first (it waits less the fewer it holds); otherwise
-it keeps them, since moving a client costs it a reconnect and a wait in the
-kernel's queue (bench/analysis.md).
+connections at their age (``FleetServer.ends_keepalive``); otherwise it keeps
+them, since moving a client costs it a reconnect and a wait in the kernel's
+queue. Each slot also says whether its worker has a thread free: a busy worker
+holding no more than any sibling, all busy too, takes waiting clients at once
+(``Gate.leads``), so a burst of them is split evenly (bench/analysis.md).
 """
 
 from __future__ import annotations
@@ -73,14 +74,16 @@ class Siblings:
         return cls(table, int(instance))
 
     def publish(self, connections: int, now: float) -> None:
-        if self._table is not None:
-            _SLOT.pack_into(self._table, self._slot * _SLOT.size, connections, self._busy, now)
+        table = self._table  # NOTE: read once: leave() may run meanwhile
+        if table is not None:
+            _SLOT.pack_into(table, self._slot * _SLOT.size, connections, self._busy, now)
 
     def publish_busy(self, busy: bool) -> None:
         """Whether this worker has no thread free; written only when it changes. Loop thread."""
-        if self._table is not None and busy != self._busy:
+        table = self._table
+        if table is not None and busy != self._busy:
             self._busy = int(busy)
-            _BUSY.pack_into(self._table, self._slot * _SLOT.size + _BUSY_AT, self._busy)
+            _BUSY.pack_into(table, self._slot * _SLOT.size + _BUSY_AT, self._busy)
 
     def lightest(self, now: float) -> int | None:
         """The fewest connections a live sibling holds; None with no table or no live sibling."""
@@ -111,9 +114,12 @@ class Siblings:
                 live.append((connections, busy))
         return live
 
-    def close(self) -> None:
-        """Leave the table: siblings stop counting this worker at once, not after STALE."""
-        if self._table is not None:
-            _SLOT.pack_into(self._table, self._slot * _SLOT.size, 0, 0, 0.0)
-            self._table.close()
-            self._table = None
+    def leave(self) -> None:
+        """Leave the table (a drain, an exit): siblings stop counting this worker at once, not after STALE.
+
+        The mapping stays open until the process ends: a request thread that
+        read ``_table`` just before may still write to it.
+        """
+        table, self._table = self._table, None
+        if table is not None:
+            _SLOT.pack_into(table, self._slot * _SLOT.size, 0, 0, 0.0)

@@ -330,7 +330,7 @@ def leading_server(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
         newcomer.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         wait_until(lambda: bool(fleet.gate.queues.poll(0)), 5, "the connection in the listening queue")
         yield fleet, clock, held, sibling
-    sibling.close()
+    sibling.leave()
     fleet.shutdown()
     sock.close()
 
@@ -403,7 +403,7 @@ def test_a_worker_past_its_share_ends_only_its_excess_connections_at_their_age(t
         monkeypatch.setattr(fleet.loop, "connections", lambda: 4)
         assert not fleet.ends_keepalive(connection(2.0)), "4 against 3 is even"
     finally:
-        sibling.close()
+        sibling.leave()
         fleet.shutdown()
         sock.close()
 
@@ -669,3 +669,20 @@ def test_many_silent_and_idle_connections_leave_new_clients_served(listener, spa
             sock.close()
     assert os.path.exists(f"/proc/{worker.pid}"), "the worker is still there"
     assert threading.active_count() >= 1
+
+
+def test_a_draining_worker_leaves_its_siblings_table_at_once(tmp_path):  # type: ignore[no-untyped-def]
+    from fleet.siblings import Siblings
+
+    fleet, sock = server_on_its_own_socket({"FLEET_INSTANCE": "1"}, str(tmp_path))
+    sibling = Siblings.open(str(tmp_path), "2")
+    try:
+        fleet.sweep(time.monotonic())
+        assert sibling.lightest(time.monotonic()) == 0, "its slot, written by the sweep"
+        fleet.begin_drain()
+        fleet.sweep(time.monotonic())
+        assert sibling.lightest(time.monotonic()) is None, "a draining worker takes no client: not a sibling"
+    finally:
+        sibling.leave()
+        fleet.shutdown()
+        sock.close()

@@ -23,7 +23,7 @@ def test_a_silent_or_stopped_siblings_slot_does_not_count(tmp_path: Path) -> Non
     two.publish(0, 100.0)
     three.publish(5, 100.0 + STALE)
     assert one.lightest(100.0 + STALE) == 5, "a slot not written for STALE is a stuck worker's"
-    three.close()
+    three.leave()
     assert one.lightest(100.0 + STALE) is None, "a worker that stopped leaves the table at once"
 
 
