@@ -15,9 +15,12 @@ access_log = logging.getLogger("fleet.access")
 class Accounting:
     """Requests in flight and served, the access log, and when recycling (FLEET_MAX_REQUESTS) is due."""
 
-    def __init__(self, access_log_on: bool, wake_loop: Callable[[], None]) -> None:
+    def __init__(self, access_log_on: bool, wake_loop: Callable[[], None],
+                 served: Callable[[int], None]) -> None:
+        """``served``: told requests_done after each request, by the thread that served it."""
         self.access_log = access_log_on
         self._wake_loop = wake_loop
+        self._served = served
         self.busy: dict[int, float] = {}  # thread -> when its request began; each thread writes its own key
         self._done = itertools.count(1)
         self.requests_done = 0  # request threads: next() of a shared count, so no two write the same value
@@ -33,7 +36,8 @@ class Accounting:
 
     def finished(self, thread: int, task: FleetTask) -> None:
         del self.busy[thread]
-        self.requests_done = next(self._done)
+        self.requests_done = done = next(self._done)
+        self._served(done)
         if self.access_log:
             access_log.info('%s "%s %s HTTP/%s" %s %d', *task.access_fields())
         if self.recycle_limit and self.requests_done >= self.recycle_limit and not self.recycle_due:

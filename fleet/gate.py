@@ -34,8 +34,9 @@ GATE_PATIENCE_PER_CONNECTION = 0.00005
 GATE_PATIENCE_MAX = 0.02
 # A busy worker holding no more connections than its lightest live sibling
 # (fleet/siblings.py) takes a waiting connection at once, as no sibling would
-# serve it sooner, while one of its requests began within this; a worker
-# whose requests all began longer ago and none ended since may be stuck.
+# serve it sooner; unless none of its requests has ended since its threads
+# filled while a sibling's have, or its newest request began longer ago than
+# this: then it may be stuck, and a client it took would be lost with it.
 GATE_FRESH = 1.0
 
 
@@ -74,6 +75,7 @@ class Gate:
         self.accepted = 0  # loop thread: connections accepted so far
         self.closed_since = 0.0  # loop thread: when the gate last closed for want of a thread; 0: open
         self.done_when_closed = 0  # loop thread: requests_done then
+        self.siblings_served_when_closed = 0  # loop thread: the siblings' requests served then
         self.seen_empty = 0.0  # loop thread: when the gate last saw no connection waiting for it
         self.owed = 0  # loop thread: connections the patience let in this pass, not yet accepted
         self.lead_up_to = -1  # loop thread: in this pass, take connections while holding at most this many
@@ -127,7 +129,7 @@ class Gate:
                 self.seen_empty = time.monotonic()  # NOTE: whatever waits is accepted in this pass
                 self.owed = 0
                 self.lead_up_to = -1
-                self.siblings.publish_busy(False)
+                self.siblings.publish_busy(False, self._requests_done())
                 return True
             return self.patience_over()
 
@@ -167,7 +169,8 @@ class Gate:
     def leads(self, held: int, now: float) -> bool:
         """Whether this busy worker takes connections at once: no live sibling lighter or with a thread free.
 
-        Not if it may be stuck. If it leads, it takes connections in this pass
+        Not if it may be stuck: none of its requests ended since its threads
+        filled, while a sibling's did or for GATE_FRESH. If it leads, it takes connections in this pass
         up to one more than its lightest sibling, whose gate then does the
         same: a burst is split evenly at once.
         """
@@ -176,15 +179,18 @@ class Gate:
             return False  # NOTE: the lighter sibling leads, or no sibling shares the table
         if not self.siblings.all_busy(now):
             return False  # NOTE: a sibling with a thread free serves it sooner
-        if now - self._last_started() >= GATE_FRESH and self._requests_done() == self.done_when_closed:
-            return False  # NOTE: its requests are old and none ended since the gate closed
+        if self._requests_done() == self.done_when_closed and (
+                self.siblings.served(now) != self.siblings_served_when_closed
+                or now - self._last_started() >= GATE_FRESH):
+            return False  # NOTE: none of its requests ended since its threads filled: it may be stuck
         self.lead_up_to = lightest
         return True
 
     def _close(self, now: float) -> None:
-        self.siblings.publish_busy(True)
         self.closed_since = now
         self.done_when_closed = self._requests_done()
+        self.siblings.publish_busy(True, self.done_when_closed)
+        self.siblings_served_when_closed = self.siblings.served(now)
 
     def accept_batch(self, handle_accept: Callable[[], Any]) -> Callable[[], None]:
         """Wrap a listener's handle_accept(): up to ACCEPT_BATCH connections a pass while the gate stays open.

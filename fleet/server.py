@@ -103,9 +103,9 @@ class FleetServer:
         )
         self.listeners = Listeners(app, sockets, self.loop, self.dispatch, self, settings.max_headers,
                                    **adjustments)
-        self.accounting = Accounting(settings.access_log, self.listeners.wake_loop)
-        busy = self.accounting.busy
         self.siblings = Siblings.open(state_directory, settings.instance)
+        self.accounting = Accounting(settings.access_log, self.listeners.wake_loop, self.siblings.served_one)
+        busy = self.accounting.busy
         # Any thread (a lost update costs one decision): when _even_split() last read the
         # table and the lightest sibling's count then; connections ended since.
         self._lightest_at: tuple[float, int | None] = (0.0, None)

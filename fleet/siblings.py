@@ -22,13 +22,16 @@ log = logging.getLogger("fleet.worker")
 
 # Instances 0..SLOTS-1 have a slot; a worker of another name shares nothing.
 SLOTS = 256
-# A slot: open connections, 1 while no thread is free (else 0), and when the
-# connections were written (CLOCK_MONOTONIC, one clock for every process on the
-# host; a slot from before a reboot reads as written in the future, and does not count).
-_SLOT = struct.Struct("=qqd")
-_BUSY = struct.Struct("=q")
-_BUSY_AT = 8
-_TABLE = struct.Struct("=" + "qqd" * SLOTS)
+# A slot: open connections, 1 while no thread is free (else 0), requests served
+# so far, and when the connections were written (CLOCK_MONOTONIC, one clock for
+# every process on the host; a slot from before a reboot reads as written in
+# the future, and does not count). Each field is written on its own, by its owner.
+_SLOT = struct.Struct("=qqqd")
+_FIELD = struct.Struct("=q")
+_BUSY_AT, _DONE_AT = 8, 16
+_WRITTEN = struct.Struct("=d")
+_WRITTEN_AT = 24
+_TABLE = struct.Struct("=" + "qqqd" * SLOTS)
 # A slot not written for this long is a stopped or stuck worker's: not a sibling to leave clients to.
 STALE = 2.0
 # How often the whole table is scanned for the slots in use; between scans only those are read.
@@ -74,27 +77,44 @@ class Siblings:
         return cls(table, int(instance))
 
     def publish(self, connections: int, now: float) -> None:
+        """This worker's open connections, and that it is alive. Any thread."""
         table = self._table  # NOTE: read once: leave() may run meanwhile
         if table is not None:
-            _SLOT.pack_into(table, self._slot * _SLOT.size, connections, self._busy, now)
+            _FIELD.pack_into(table, self._slot * _SLOT.size, connections)
+            _WRITTEN.pack_into(table, self._slot * _SLOT.size + _WRITTEN_AT, now)
 
-    def publish_busy(self, busy: bool) -> None:
-        """Whether this worker has no thread free; written only when it changes. Loop thread."""
+    def publish_busy(self, busy: bool, done: int) -> None:
+        """Whether this worker has no thread free, and the requests it has served then. Loop thread.
+
+        Written only when it changes.
+        """
         table = self._table
         if table is not None and busy != self._busy:
             self._busy = int(busy)
-            _BUSY.pack_into(table, self._slot * _SLOT.size + _BUSY_AT, self._busy)
+            _FIELD.pack_into(table, self._slot * _SLOT.size + _BUSY_AT, self._busy)
+            _FIELD.pack_into(table, self._slot * _SLOT.size + _DONE_AT, done)
+
+    def served_one(self, done: int) -> None:
+        """A request ended (``done`` so far): told at once while busy, as a sibling's gate asks
+        whether this worker gets through its requests. By the thread that served it."""
+        table = self._table
+        if table is not None and self._busy:
+            _FIELD.pack_into(table, self._slot * _SLOT.size + _DONE_AT, done)
 
     def lightest(self, now: float) -> int | None:
         """The fewest connections a live sibling holds; None with no table or no live sibling."""
-        return min((connections for connections, _ in self._live(now)), default=None)
+        return min((connections for connections, _, _ in self._live(now)), default=None)
 
     def all_busy(self, now: float) -> bool:
         """Whether no live sibling has a thread free (True with none)."""
-        return all(busy for _, busy in self._live(now))
+        return all(busy for _, busy, _ in self._live(now))
 
-    def _live(self, now: float) -> list[tuple[int, int]]:
-        """Each live sibling's connections and busy field.
+    def served(self, now: float) -> int:
+        """The requests the live siblings have served, added up: a change says one of them got through one."""
+        return sum(done for _, _, done in self._live(now))
+
+    def _live(self, now: float) -> list[tuple[int, int, int]]:
+        """Each live sibling's connections, busy field and requests served.
 
         Cheap enough for a busy gate's every pass: it reads only the slots in
         use at the last scan (a new sibling is seen within RESCAN).
@@ -104,14 +124,14 @@ class Siblings:
             return []
         scanned, in_use = self._in_use
         if not 0.0 <= now - scanned < RESCAN:
-            written = _TABLE.unpack_from(table)[2::3]
+            written = _TABLE.unpack_from(table)[3::4]
             in_use = tuple(slot for slot in range(SLOTS) if written[slot] and slot != self._slot)
             self._in_use = (now, in_use)
         live = []
         for slot in in_use:
-            connections, busy, at = _SLOT.unpack_from(table, slot * _SLOT.size)
+            connections, busy, done, at = _SLOT.unpack_from(table, slot * _SLOT.size)
             if 0.0 <= now - at < STALE:
-                live.append((connections, busy))
+                live.append((connections, busy, done))
         return live
 
     def leave(self) -> None:
@@ -122,4 +142,4 @@ class Siblings:
         """
         table, self._table = self._table, None
         if table is not None:
-            _SLOT.pack_into(table, self._slot * _SLOT.size, 0, 0, 0.0)
+            _SLOT.pack_into(table, self._slot * _SLOT.size, 0, 0, 0, 0.0)

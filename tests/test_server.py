@@ -325,7 +325,7 @@ def leading_server(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     held = [3]
     monkeypatch.setattr(fleet.loop, "connections", lambda: held[0])
     sibling = Siblings.open(str(tmp_path), "2")
-    sibling.publish_busy(True)
+    sibling.publish_busy(True, 0)
     with connect(sock.getsockname()[1]) as newcomer:
         newcomer.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         wait_until(lambda: bool(fleet.gate.queues.poll(0)), 5, "the connection in the listening queue")
@@ -341,9 +341,9 @@ def test_a_busy_worker_holding_no_more_than_its_siblings_takes_a_waiting_connect
     assert not fleet.gate.patience_over(), "the gate just closed"
     fleet.accounting.busy[1] = clock[0]  # NOTE: a request began just now
     assert fleet.gate.patience_over(), "3 against 3: no sibling would serve it sooner"
-    sibling.publish_busy(False)
+    sibling.publish_busy(False, 0)
     assert not fleet.gate.patience_over(), "the sibling has a thread free: it serves it sooner"
-    sibling.publish_busy(True)
+    sibling.publish_busy(True, 0)
     sibling.publish(2, clock[0])
     assert not fleet.gate.patience_over(), "3 against 2: the sibling takes it, or this one after its patience"
 
@@ -359,6 +359,19 @@ def test_a_busy_worker_whose_requests_are_old_and_do_not_end_leads_no_more(leadi
     assert not fleet.gate.patience_over(), "its newest request began GATE_FRESH ago and none ended: stuck"
     fleet.accounting.requests_done += 1
     assert fleet.gate.patience_over(), "a request ended since the gate closed: not stuck"
+
+
+def test_a_busy_worker_that_ends_no_request_while_a_sibling_does_leads_no_more(leading_server):
+    # NOTE: a hung worker whose requests began just now looks fresh; its sibling
+    # getting through requests while it gets through none says it may be stuck.
+    fleet, clock, held, sibling = leading_server
+    sibling.publish(3, clock[0])
+    fleet.gate.patience_over()
+    fleet.accounting.busy[1] = clock[0]
+    sibling.served_one(1)
+    assert not fleet.gate.patience_over(), "the sibling served one since this worker's threads filled"
+    fleet.accounting.requests_done += 1
+    assert fleet.gate.patience_over(), "this one served one too: not stuck"
 
 
 def test_a_leading_worker_takes_connections_up_to_one_more_than_its_lightest_sibling(leading_server):

@@ -64,11 +64,24 @@ def test_a_sibling_with_a_thread_free_is_not_busy(tmp_path: Path) -> None:
     two.publish(10, 100.0)
     three.publish(10, 100.0)
     assert not one.all_busy(100.5)
-    two.publish_busy(True)
+    two.publish_busy(True, 0)
     assert not one.all_busy(100.5), "three has a thread free"
-    three.publish_busy(True)
+    three.publish_busy(True, 0)
     assert one.all_busy(100.5)
     three.publish(12, 101.0)
     assert one.all_busy(101.0) and one.lightest(101.0) == 10, "a count written keeps the busy field"
-    two.publish_busy(False)
+    two.publish_busy(False, 0)
     assert not one.all_busy(101.0)
+
+
+def test_a_sibling_tells_the_requests_it_serves_at_once_while_busy(tmp_path: Path) -> None:
+    one, two, three = (Siblings.open(str(tmp_path), str(n)) for n in (1, 2, 3))
+    two.publish(1, 100.0)
+    three.publish(1, 100.0)
+    two.served_one(7)
+    assert one.served(100.0) == 0, "with a thread free, a worker's count waits for its gate to close"
+    two.publish_busy(True, 8)
+    three.publish_busy(True, 2)
+    assert one.served(100.0) == 10
+    two.served_one(9)
+    assert one.served(100.0) == 11, "while busy, each request is told as it ends"

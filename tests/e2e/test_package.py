@@ -100,8 +100,8 @@ def test_workers_share_their_connection_counts_in_the_state_directory(fleet: Fle
     read = ("import struct, time\n"
             "table = open('/var/lib/fleet/workers.v1', 'rb').read()\n"
             "now = time.monotonic()\n"
-            "slots = enumerate(struct.iter_unpack('=qqd', table))\n"
-            "print(' '.join(str(i) for i, (_, _, written) in slots if now - written < 2))\n")
+            "slots = enumerate(struct.iter_unpack('=qqqd', table))\n"
+            "print(' '.join(str(i) for i, (_, _, _, written) in slots if now - written < 2))\n")
 
     def live_slots() -> list[str]:
         done = fleet.box.run("python3", "-c", read, check=False)
