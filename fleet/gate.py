@@ -170,9 +170,9 @@ class Gate:
         """Whether this busy worker takes connections at once: no live sibling lighter or with a thread free.
 
         Not if it may be stuck: none of its requests ended since its threads
-        filled, while a sibling's did or for GATE_FRESH. If it leads, it takes connections in this pass
-        up to one more than its lightest sibling, whose gate then does the
-        same: a burst is split evenly at once.
+        filled, while a sibling's did or for GATE_FRESH. If it leads, it takes
+        connections in this pass up to one more than its lightest sibling,
+        whose gate then does the same: a burst is split evenly at once.
         """
         lightest = self.siblings.lightest(now)
         if lightest is None or held > lightest:

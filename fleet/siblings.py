@@ -42,10 +42,13 @@ TABLE = "workers.v1"
 
 
 class Siblings:
-    """This worker's slot, written whole by any of its threads (one call, under the GIL); the others', read.
+    """This worker's slot, written; its siblings' slots, read.
 
-    A read that races a sibling's write may see half of it: one decision
-    made on a wrong count, which the next one corrects.
+    Each field of the slot is written alone (one call, under the GIL): the
+    connections and heartbeat by any thread, the busy flag by the loop
+    thread, the requests served by the loop thread or the one that served
+    the last. A read that races a sibling's write may see half of a slot:
+    one decision made on a wrong count, which the next one corrects.
     """
 
     def __init__(self, table: mmap.mmap | None, slot: int) -> None:
@@ -95,8 +98,11 @@ class Siblings:
             _FIELD.pack_into(table, self._slot * _SLOT.size + _DONE_AT, done)
 
     def served_one(self, done: int) -> None:
-        """A request ended (``done`` so far): told at once while busy, as a sibling's gate asks
-        whether this worker gets through its requests. By the thread that served it."""
+        """A request ended, the ``done``-th: told at once while busy. By the thread that served it.
+
+        A sibling's gate asks whether this worker gets through its requests
+        (``Gate.leads``); with a thread free, the next time the gate closes will do.
+        """
         table = self._table
         if table is not None and self._busy:
             _FIELD.pack_into(table, self._slot * _SLOT.size + _DONE_AT, done)
