@@ -17,6 +17,7 @@ import logging
 import mmap
 import os
 import struct
+import time
 
 log = logging.getLogger("fleet.worker")
 
@@ -77,6 +78,9 @@ class Siblings:
             log.warning("not sharing connection counts with sibling workers (%s): each splits "
                         "clients on its own; check that %s is writable by the worker's user", e, directory)
             return cls(None, 0)
+        # NOTE: the slot may still hold the last words of this instance's killed
+        # predecessor (busy, its clients): a new worker holds none and has every thread free.
+        _SLOT.pack_into(table, int(instance) * _SLOT.size, 0, 0, 0, time.monotonic())
         return cls(table, int(instance))
 
     def publish(self, connections: int, now: float) -> None:

@@ -49,8 +49,9 @@ def test_a_slot_from_before_a_reboot_does_not_count(tmp_path: Path) -> None:
 
 
 def test_a_new_sibling_is_seen_within_a_rescan(tmp_path: Path) -> None:
-    one, two = (Siblings.open(str(tmp_path), str(n)) for n in (1, 2))
+    one = Siblings.open(str(tmp_path), "1")
     assert one.lightest(100.0) is None
+    two = Siblings.open(str(tmp_path), "2")
     two.publish(5, 100.1)
     assert one.lightest(100.2) is None, "between scans only the slots in use then are read"
     assert one.lightest(100.0 + RESCAN) == 5
@@ -85,3 +86,16 @@ def test_a_sibling_tells_the_requests_it_serves_at_once_while_busy(tmp_path: Pat
     assert one.served(100.0) == 10
     two.served_one(9)
     assert one.served(100.0) == 11, "while busy, each request is told as it ends"
+
+
+def test_a_new_worker_clears_its_predecessors_slot_at_once(tmp_path: Path) -> None:
+    import time
+
+    one = Siblings.open(str(tmp_path), "1")
+    killed = Siblings.open(str(tmp_path), "2")
+    killed.publish(25, time.monotonic())
+    killed.publish_busy(True, 100)
+    assert (one.lightest(time.monotonic()), one.all_busy(time.monotonic())) == (25, True)
+    Siblings.open(str(tmp_path), "2")  # NOTE: its replacement, before it accepts anything
+    assert (one.lightest(time.monotonic()), one.all_busy(time.monotonic())) == (0, False), \
+        "the killed worker's clients and busy flag are not its replacement's"
