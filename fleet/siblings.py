@@ -55,6 +55,7 @@ class Siblings:
     def __init__(self, table: mmap.mmap | None, slot: int) -> None:
         self._table = table
         self._slot = slot
+        self._at = slot * _SLOT.size  # where this worker's slot begins in the table
         # Any thread (a whole tuple stored at once): when the table was last
         # scanned, and the siblings' slots found written then.
         self._in_use: tuple[float, tuple[int, ...]] = (float("-inf"), ())
@@ -78,17 +79,18 @@ class Siblings:
             log.warning("not sharing connection counts with sibling workers (%s): each splits "
                         "clients on its own; check that %s is writable by the worker's user", e, directory)
             return cls(None, 0)
+        siblings = cls(table, int(instance))
         # NOTE: the slot may still hold the last words of this instance's killed
         # predecessor (busy, its clients): a new worker holds none and has every thread free.
-        _SLOT.pack_into(table, int(instance) * _SLOT.size, 0, 0, 0, time.monotonic())
-        return cls(table, int(instance))
+        _SLOT.pack_into(table, siblings._at, 0, 0, 0, time.monotonic())
+        return siblings
 
     def publish(self, connections: int, now: float) -> None:
         """This worker's open connections, and that it is alive. Any thread."""
         table = self._table  # NOTE: read once: leave() may run meanwhile
         if table is not None:
-            _FIELD.pack_into(table, self._slot * _SLOT.size, connections)
-            _WRITTEN.pack_into(table, self._slot * _SLOT.size + _WRITTEN_AT, now)
+            _FIELD.pack_into(table, self._at, connections)
+            _WRITTEN.pack_into(table, self._at + _WRITTEN_AT, now)
 
     def publish_busy(self, busy: bool, done: int) -> None:
         """Whether this worker has no thread free, and the requests it has served then. Loop thread.
@@ -98,8 +100,8 @@ class Siblings:
         table = self._table
         if table is not None and busy != self._busy:
             self._busy = int(busy)
-            _FIELD.pack_into(table, self._slot * _SLOT.size + _BUSY_AT, self._busy)
-            _FIELD.pack_into(table, self._slot * _SLOT.size + _DONE_AT, done)
+            _FIELD.pack_into(table, self._at + _BUSY_AT, self._busy)
+            _FIELD.pack_into(table, self._at + _DONE_AT, done)
 
     def served_one(self, done: int) -> None:
         """A request ended, the ``done``-th: told at once while busy. By the thread that served it.
@@ -109,7 +111,7 @@ class Siblings:
         """
         table = self._table
         if table is not None and self._busy:
-            _FIELD.pack_into(table, self._slot * _SLOT.size + _DONE_AT, done)
+            _FIELD.pack_into(table, self._at + _DONE_AT, done)
 
     def lightest(self, now: float) -> int | None:
         """The fewest connections a live sibling holds; None with no table or no live sibling."""
@@ -152,4 +154,4 @@ class Siblings:
         """
         table, self._table = self._table, None
         if table is not None:
-            _SLOT.pack_into(table, self._slot * _SLOT.size, 0, 0, 0, 0.0)
+            _SLOT.pack_into(table, self._at, 0, 0, 0, 0.0)
