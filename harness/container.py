@@ -34,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from harness.procs import all_pids, children, cmdline, process_matches, start_time, status_field
+from harness.procs import all_pids, children, cmdline, descendants, process_matches, start_time, status_field
 
 # The Debian releases fleet supports: 12 (oldstable) and 13 (stable).
 SUITES = {"bookworm": "Debian 12", "trixie": "Debian 13"}
@@ -618,6 +618,14 @@ class Container:
                     return child
             time.sleep(0.02)
         raise self._boot_error("its PID 1 did not appear")
+
+    def host_pid(self, box_pid: int) -> int:
+        """Return the host pid of the container's process ``box_pid``, to signal or inspect from here."""
+        for pid in descendants(self.leader):
+            nspid = status_field(pid, "NSpid").split()
+            if len(nspid) > 1 and nspid[-1] == str(box_pid):
+                return pid
+        raise E2EError(f"no process {box_pid} in container {self.machine}: it has exited")
 
     def _wait_running(self, deadline: float) -> None:
         """Poll ``systemctl is-system-running`` until the boot has finished.
