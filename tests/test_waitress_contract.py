@@ -45,8 +45,8 @@ PARAMETERS = {
     waitress.create_server: {"map": "to share one event loop map between IP and UNIX sockets",
                              "_start": "to keep the Backlog= that fleet.socket set",
                              "_dispatcher": "to plug in fleet's dispatch"},
-    wasyncore.loop: {"timeout": "to poll in housekeeping-sized passes", "map": "", "use_poll": "",
-                     "count": "to run one pass at a time"},
+    wasyncore.readwrite: {"obj": "to hand what epoll reports to the socket's object, as poll2() does",
+                          "flags": ""},
     ThreadedTaskDispatcher.shutdown: {"cancel_pending": "", "timeout": ""},
     HTTPRequestParser.parse_header: {"header_plus": "to check framing and count headers first"},
 }
@@ -57,7 +57,8 @@ CLASS_ATTRIBUTES = {
                   "handle_close": "", "write_soon": "to send a small response in one send()",
                   "handle_write": "to resume a paused response once its client read it",
                   "error_task_class": "(fleet's copy of HTTPChannel.service)",
-                  "_flush_outbufs_below_high_watermark": "", "send_continue": "", "logger": ""},
+                  "_flush_outbufs_below_high_watermark": "", "send_continue": "", "logger": "",
+                  "readable": "for the event loop to ask", "writable": "for the event loop to ask"},
     BaseWSGIServer: {"channel_class": "to use fleet's channel", "readable": "for the accept gate",
                      "handle_accept": "to accept a batch per pass", "pull_trigger": "",
                      "accepting": "to stop accepting while draining"},
@@ -73,7 +74,7 @@ INSTANCE_ATTRIBUTES = {
     "channel": ("request", "requests", "total_outbufs_len", "will_close", "close_when_flushed",
                 "last_activity", "socket", "server", "addr", "connected", "adj",
                 "requests_lock", "outbuf_lock", "current_outbuf_count", "sent_continue",
-                "check_client_disconnected"),
+                "check_client_disconnected", "_fileno", "accepting"),
     "listener": ("trigger", "adj", "socket", "application", "effective_port", "server_name"),
     "dispatcher": ("queue",),
     "parser": ("headers_finished", "body_bytes_received", "completed", "error", "command", "headers",
@@ -603,6 +604,56 @@ def test_fleet_channel_sends_at_once_what_nothing_waits_before_and_buffers_the_r
             pass
     assert bytes(received) == big + b"tail", "the bytes arrive whole and in order"
     assert channel.total_outbufs_len == 0
+
+
+def test_a_poll_pass_asks_only_the_connections_whose_state_may_have_changed(boundary: dict[str, Any]) -> None:
+    """waitress asks every connection before each poll; an idle one must cost a pass nothing."""
+    loop, listening = boundary["loop"], boundary["listening"]
+    loop.rescan = 3600.0  # NOTE: no full rescan within the test
+    clients: list[socket.socket] = []
+    deadline = time.monotonic() + 10
+    try:
+        for _ in range(10):  # NOTE: one at a time, as the listening socket's backlog is short
+            clients.append(socket.create_connection(listening.getsockname(), timeout=5))
+            while loop.connections() < len(clients) + 1 and time.monotonic() < deadline:
+                with loop.lock:
+                    loop.poll_once(0.01)
+        assert loop.connections() == 11
+        for _ in range(3):  # NOTE: the passes that ask the new connections once
+            with loop.lock:
+                loop.poll_once(0)
+        asked: list[Any] = []
+        by_address = {}
+        for channel in loop.channels():
+            by_address[channel.addr] = channel
+            channel.readable = lambda channel=channel, ask=channel.readable: asked.append(channel) or ask()
+        for _ in range(5):
+            with loop.lock:
+                loop.poll_once(0)
+        assert asked == [], "a pass asks no connection where nothing happened"
+        clients[3].sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        speaker = by_address[clients[3].getsockname()]
+        while not speaker.requests and time.monotonic() < deadline:
+            with loop.lock:
+                loop.poll_once(0.01)
+        with loop.lock:
+            loop.poll_once(0)
+        assert speaker.requests and set(asked) == {speaker}, "the connection that was read is asked again"
+        assert speaker.readable() is False, "a request queued: the connection reads no further"
+        asked.clear()
+        speaker.requests.clear()  # NOTE: as a thread serving it would, and then:
+        speaker.ask_again()
+        with loop.lock:
+            loop.poll_once(0)
+        assert set(asked) == {speaker}, "a connection told to be asked again is"
+        clients[5].sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        while not by_address[clients[5].getsockname()].requests and time.monotonic() < deadline:
+            with loop.lock:
+                loop.poll_once(0.01)
+        assert by_address[clients[5].getsockname()].requests, "another connection is still polled for reading"
+    finally:
+        for client in clients:
+            client.close()
 
 
 def test_fleet_channel_reads_waitress_state_under_fleets_names(boundary: dict[str, Any]) -> None:
