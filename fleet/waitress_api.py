@@ -1166,13 +1166,16 @@ class EventLoop:
             obj = socket_map.get(fd)
             if obj is None:
                 continue
-            if fd in lazy:  # NOTE: it did not want this; stop polling it for it now
+            if fd in lazy:
                 lazy.discard(fd)
-                registered = interest.get(fd, 0)
-                self._register(obj, fd, registered & ~_READ, registered)
-                if not registered & ~_READ:
-                    continue
-                events &= ~_READ
+                # NOTE: its request may have ended since it was asked (the client's next
+                # one is what arrived); if not, it is polled for reading no more for now
+                if not obj.readable():
+                    registered = interest.get(fd, 0)
+                    self._register(obj, fd, registered & ~_READ, registered)
+                    if not registered & ~_READ:
+                        continue
+                    events &= ~_READ
             wasyncore.readwrite(obj, events)
 
     def _register(self, obj: Any, fd: int, events: int, registered: int) -> None:
