@@ -1172,8 +1172,9 @@ class EventLoop:
                 # one is what arrived); if not, it is polled for reading no more for now
                 if not obj.readable():
                     registered = interest.get(fd, 0)
-                    self._register(obj, fd, registered & ~_READ, registered)
-                    if not registered & ~_READ:
+                    rest = registered & ~_READ
+                    self._register(obj, fd, rest, registered)
+                    if not rest:
                         continue
                     events &= ~_READ
             wasyncore.readwrite(obj, events)

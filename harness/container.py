@@ -376,6 +376,12 @@ def _seed_archives(tree: Path) -> None:
             shutil.move(deb, shared / deb.name)
 
 
+def _box_pid(host_pid: int) -> int | None:
+    """The pid a host process has inside its container (its innermost pid namespace); None if none."""
+    nspid = status_field(host_pid, "NSpid").split()
+    return int(nspid[-1]) if len(nspid) > 1 else None
+
+
 def _host(argv: Sequence[str], out: IO[str], what: str) -> None:
     try:
         subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=CLEAN_ENV, check=True)
@@ -613,8 +619,7 @@ class Container:
         while time.monotonic() < deadline:
             self._check_nspawn()
             for child in children(self.nspawn_pid):
-                nspid = status_field(child, "NSpid").split()
-                if len(nspid) > 1 and nspid[-1] == "1":
+                if _box_pid(child) == 1:
                     return child
             time.sleep(0.02)
         raise self._boot_error("its PID 1 did not appear")
@@ -622,8 +627,7 @@ class Container:
     def host_pid(self, box_pid: int) -> int:
         """Return the host pid of the container's process ``box_pid``, to signal or inspect from here."""
         for pid in descendants(self.leader):
-            nspid = status_field(pid, "NSpid").split()
-            if len(nspid) > 1 and nspid[-1] == str(box_pid):
+            if _box_pid(pid) == box_pid:
                 return pid
         raise E2EError(f"no process {box_pid} in container {self.machine}: it has exited")
 
