@@ -42,11 +42,25 @@ def process_matches(pid: int, started: int) -> bool:
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of one process (all its threads), or 0.0 once it is gone."""
+    return sum(user_system_seconds(pid))
+
+
+def user_system_seconds(pid: int) -> tuple[float, float]:
+    """utime and stime of one process (all its threads), or zeros once it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
+        return 0.0, 0.0
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
+
+
+def context_switches(pid: int) -> int:
+    """Context switches, voluntary or not, of every live thread of one process; 0 once it is gone."""
+    switches = 0
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        for name in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"):
+            switches += int(_field(f"{task}/status", name) or 0)
+    return switches
 
 
 def _field(path: str, name: str) -> str:

@@ -14,6 +14,7 @@ the sockets that may have changed does not. Every process is stopped by PID at t
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"  p99 {result.p99_ms:6.1f} ms  workers' CPU {per_request:5.1f} µs a request", flush=True)
     finally:
         procs.stop_all()
+        shutil.rmtree(state, ignore_errors=True)
     print(f"worker logs: {logs}")
     return 0
 
