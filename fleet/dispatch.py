@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
 import threading
@@ -273,7 +275,8 @@ def choose(loop: EventLoop, settings: Settings) -> Dispatch:
 
 
 class LoopThread:
-    """Whether the event-loop thread is asleep on I/O right now, as another thread sees it.
+    """Whether the event-loop thread is asleep on I/O right now, and the CPU its requests used, as
+    another thread sees them.
 
     The kernel says where a sleeping thread waits (``/proc/.../wchan``): a
     socket, a pipe, a timer are I/O that other requests could use the CPU
@@ -281,16 +284,38 @@ class LoopThread:
     faster; a running or preempted thread has no wait channel. Where the
     kernel does not tell, the thread's CPU clock between two looks is used
     instead (a preempted thread then looks like a waiting one).
+
+    The CPU the thread spends in Python's garbage collector is not its
+    request's: a full collection holds the GIL for as long as it takes (14 ms
+    in a Django worker, every few thousand requests), so no thread could
+    stand in meanwhile, and counted, it sent the worker to the pool for a
+    cool-down after a request that computed for 2 ms.
     """
 
     def __init__(self, thread_id: int, native_id: int) -> None:
+        self._thread = thread_id
         self._clock = time.pthread_getcpuclockid(thread_id)
         self._last = (0.0, 0.0)  # (wall, CPU) at the last look, for the fallback
+        # Written by the loop thread in its collections (holding the GIL), read by the relief thread,
+        # one tuple so that it is read whole: CPU seconds of the thread's collections that ended,
+        # and its CPU clock when the collection under way began (0.0: none is).
+        self._collections = (0.0, 0.0)
         self._wchan: int | None = None  # open for the worker's life, as the loop thread is
         try:
             self._wchan = os.open(f"/proc/self/task/{native_id}/wchan", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             pass
+        gc.callbacks.append(self._collection)
+
+    def _collection(self, phase: str, info: dict[str, int]) -> None:
+        """gc's callback, on the thread that collects: time the loop thread's collections."""
+        if get_ident() != self._thread:
+            return
+        collected, since = self._collections
+        if phase == "start":
+            self._collections = (collected, time.thread_time())
+        elif since:
+            self._collections = (collected + time.thread_time() - since, 0.0)
 
     def asleep_on_io(self) -> bool:
         if self._wchan is not None:
@@ -304,8 +329,20 @@ class LoopThread:
         return now - then < 0.1 and cpu - cpu_then < WAIT_SHARE * (now - then)
 
     def cpu(self) -> float:
-        """Seconds of CPU the thread has used."""
-        return time.clock_gettime(self._clock)
+        """Seconds of CPU the thread has used, less its garbage collections.
+
+        A collection can let other threads run before it ends (a finalizer
+        that closes a file or a database releases the GIL): the part of it
+        under way counts as collecting too.
+        """
+        now = time.clock_gettime(self._clock)
+        collected, since = self._collections
+        return now - collected - (now - since if since else 0.0)
+
+    def close(self) -> None:
+        """Stop timing collections. (The wait channel stays open: the relief thread may still look.)"""
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._collection)
 
 
 class Relief:
@@ -373,6 +410,7 @@ class Relief:
     def close(self) -> None:
         self.closing = True
         self.active.set()  # let the relief thread see closing
+        self.loop_thread.close()
 
     def start(self, housekeeping: Housekeeping) -> None:
         threading.Thread(target=self._watch, args=(housekeeping,), name="fleet-relief", daemon=True).start()
