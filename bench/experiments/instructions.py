@@ -158,6 +158,9 @@ class Server:
                 text = dump.read_text(errors="replace")
                 counted.by_object.update(shares(self_cost_by_object(text), summary(text)))
                 dump.rename(dump.with_name(f"{stretch}.{dump.name}"))
+        if not counted.by_object and isinstance(work, int):
+            raise SystemExit(f"{self.name}: callgrind_control dumped no counts for {pids}: is vgdb allowed "
+                             "to attach (ptrace)? Run as root, or set kernel.yama.ptrace_scope=0")
         return counted
 
     def kernel_side(self, requests: int) -> Kernel:
