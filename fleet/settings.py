@@ -145,8 +145,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FLEET_INLINE_MAX", "10ms", _seconds_up_to(1.0, "10ms"),
             "With threads, requests that only compute are served on the worker's event loop, "
             "skipping the hand-off to a thread; once one waits on I/O, or computes longer than "
-            "this (garbage collections left out), the threads serve for a while (1 s, doubling to 30 s while requests keep "
-            "waiting) (0: always the threads)."),
+            "this (garbage collections left out), the threads serve for a while (1 s, doubling "
+            "to 30 s while requests keep waiting) (0: always the threads)."),
     Setting("FLEET_CONNECTION_LIMIT", "4096", _whole(16, 100_000),
             "Open connections per worker, idle ones included; at the limit the worker closes its "
             "longest-idle connections to make room (the unit's LimitNOFILE= must exceed it)."),
