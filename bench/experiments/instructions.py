@@ -257,9 +257,9 @@ def summary(text: str) -> int:
 def shares(costs: Counter[str], total: int) -> Counter[str]:
     """``total`` split as ``costs`` are.
 
-    NOTE: a dump's cost lines add up to a few percent more than its summary (callgrind
-    also writes the cost of calls still in progress when it dumps): the summary is the
-    count, the cost lines give only each object's share of it.
+    NOTE: a dump's cost lines added up to 0.3-3% more than its summary here. The
+    summary is callgrind's own count of what ran in the dump, so it is the total,
+    and the cost lines give only each object's share of it.
     """
     whole = sum(costs.values())
     if not whole:
