@@ -119,6 +119,10 @@ class Peer:
     app: str = "hello"
     #: the apps this peer can serve (None: every one)
     apps: tuple[str, ...] | None = None
+    #: a command each of its processes runs under (valgrind: bench/experiments/instructions.py)
+    under: tuple[str, ...] = ()
+    #: seconds start() waits for it to serve
+    start_timeout: float = 30.0
 
     def start(self) -> None:
         raise NotImplementedError
@@ -197,9 +201,10 @@ class LaunchedPeer(Peer):
         # autogroups then share the CPUs between this server, wrk and the machine's other
         # work alike for every peer, fleet's workers under systemd included.
         self.launched = procs.Launched(
-            self.argv(), env=self.env(), log=self.log_dir / f"{self.key}.log", cwd=REPO, session=True
+            [*self.under, *self.argv()], env=self.env(), log=self.log_dir / f"{self.key}.log", cwd=REPO,
+            session=True,
         )
-        self.wait_ready()
+        self.wait_ready(self.start_timeout)
 
     def pids(self) -> list[int]:
         return self.launched.tree() if self.launched else []
@@ -394,7 +399,7 @@ class FleetBare(Peer):
             self.slots[instance] = self._spawn(instance)
         self._watch = threading.Thread(target=self._respawn, name=f"{self.key}-respawn", daemon=True)
         self._watch.start()
-        self.wait_ready()
+        self.wait_ready(self.start_timeout)
 
     def _spawn(self, instance: int) -> procs.Launched:
         assert self.sock is not None
@@ -403,7 +408,7 @@ class FleetBare(Peer):
             LISTEN_FDS="1", FLEET_INSTANCE=str(instance), FLEET_APP=self.target(), **self.fleet_env
         )
         return procs.Launched(
-            launch.argv,
+            [*self.under, *launch.argv],
             env=env,
             log=self.log_dir / f"{self.key}.log",
             pass_fds=launch.pass_fds,

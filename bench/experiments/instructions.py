@@ -32,7 +32,6 @@ import http.client
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,14 +40,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.peers import CLEAN_PATH, VENV, base_env, make_django_db, python  # noqa: E402
+from bench.peers import UWSGI, VENV, FleetBare, Granian, Peer, make_django_db, python  # noqa: E402
 from harness import procs  # noqa: E402
-from harness.net import HOST, free_port, listen  # noqa: E402
-from harness.worker import fd3_launch  # noqa: E402
+from harness.net import HOST  # noqa: E402
 
 SERVERS = ("fleet", "fleet-inline", "fleet-pool", "granian", "uwsgi")
 NOT_COUNTED = ("fleet",)  # its default dispatch decides by time, which valgrind stretches ~50-fold
@@ -89,59 +88,42 @@ def valgrind(out: Path) -> list[str]:
 
 
 class Server:
-    """One worker of ``name`` serving ``app`` on a port of loopback: under callgrind, or natively."""
+    """One worker of ``name`` serving ``app`` on a port of loopback, as the bench starts it (bench/peers.py):
+    under callgrind, or natively."""
 
     def __init__(self, name: str, app: str, work: Path, counted: bool = True) -> None:
         self.name = name
         self.out = work / f"{name}-{app}" / ("callgrind" if counted else "native")
         self.out.mkdir(parents=True)
-        self.sock: socket.socket | None = None
-        target = f"bench.apps:{app}"
-        env = base_env(PATH=f"{VENV / 'bin'}:{CLEAN_PATH}")
-        pass_fds: tuple[int, ...] = ()
-        preexec = None
+        under = tuple(valgrind(self.out)) if counted else ()
+        # NOTE: valgrind makes start-up ~10 times as long
+        common: dict[str, Any] = dict(key=name, label=name, log_dir=self.out, workers_wanted=1, app=app,
+                                      under=under, start_timeout=120.0)
+        self.peer: Peer
         if name.startswith("fleet"):
-            self.sock = listen(0, 4096, nodelay=True)
-            self.port = self.sock.getsockname()[1]
-            launch = fd3_launch([self.sock.fileno()], python(), "fleet.worker")
-            argv, pass_fds, preexec = launch.argv, launch.pass_fds, launch.preexec_fn
-            env.update(LISTEN_FDS="1", FLEET_INSTANCE="1", FLEET_APP=target, FLEET_CPU_AFFINITY="none",
-                       STATE_DIRECTORY=str(self.out), FLEET_THREADS=str(THREADS))
+            fleet_env = {"FLEET_CPU_AFFINITY": "none", "STATE_DIRECTORY": str(self.out),
+                         "FLEET_THREADS": str(THREADS)}
             if name == "fleet-inline":
-                env["FLEET_THREADS"] = "0"
+                fleet_env["FLEET_THREADS"] = "0"
             elif name == "fleet-pool":
-                env["FLEET_INLINE_MAX"] = "0"
+                fleet_env["FLEET_INLINE_MAX"] = "0"
+            self.peer = FleetBare(**common, fleet_env=fleet_env)
         elif name == "granian":
-            self.port = free_port()
-            argv = [str(VENV / "bin" / "granian"), "--interface", "wsgi", "--workers", "1",
-                    "--blocking-threads", str(THREADS), "--host", HOST, "--port", str(self.port),
-                    "--no-ws", target]
+            self.peer = Granian(**common, threads=THREADS)
         elif name == "uwsgi":
-            self.port = free_port()
-            argv = [str(VENV / "bin" / "uwsgi"), "--http11-socket", f"{HOST}:{self.port}", "--processes", "1",
-                    "--threads", str(THREADS), "--module", target, "--need-app", "--disable-logging",
-                    "--die-on-term"]
+            self.peer = UWSGI(**common, threads=THREADS)
         else:
             raise SystemExit(f"no server {name!r}: pick from {', '.join(SERVERS)}")
-        wrap = valgrind(self.out) if counted else []
-        self.launched = procs.Launched(wrap + argv, env=env, log=self.out / "server.log",
-                                       pass_fds=pass_fds, preexec_fn=preexec, cwd=REPO, session=True)
-
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.launched.running():
-                raise SystemExit(f"{self.name} exited: see {self.out / 'server.log'}")
-            try:
-                load(self.port, 1, 1)
-                return
-            except (OSError, http.client.HTTPException):
-                time.sleep(0.2)
-        raise SystemExit(f"{self.name} did not answer within {timeout:.0f} s: see {self.out / 'server.log'}")
+        try:
+            self.peer.start()
+        except BaseException:
+            self.peer.stop()
+            raise
+        self.port = self.peer.port
 
     def count(self, stretch: str, work: float | int) -> Counted:
         """Zero the counts, serve ``work`` requests (an int) or idle ``work`` seconds, dump the counts."""
-        pids = self.launched.tree()
+        pids = self.peer.pids()
         for pid in pids:
             _control("-z", pid)
         started = time.monotonic()
@@ -165,7 +147,7 @@ class Server:
 
     def kernel_side(self, requests: int) -> Kernel:
         """Serve ``requests`` requests (not under valgrind); what the kernel did for them, by /proc."""
-        pids = self.launched.tree()
+        pids = self.peer.pids()
         before = [Kernel.of(pid) for pid in pids]
         load(self.port, requests, CONNECTIONS)
         after = [Kernel.of(pid) for pid in pids]
@@ -174,9 +156,7 @@ class Server:
                         for f in ("switches", "user", "system")))
 
     def stop(self) -> None:
-        self.launched.stop(timeout=60)
-        if self.sock:
-            self.sock.close()
+        self.peer.stop()
 
 
 def _control(flag: str, pid: int) -> None:
@@ -357,7 +337,6 @@ def main(argv: list[str] | None = None) -> int:
             for name in servers:
                 native = Server(name, app, work, counted=False)
                 try:
-                    native.wait_ready()
                     load(native.port, WARM_UP, CONNECTIONS)
                     row = Row(app, name, native.kernel_side(args.native_requests))
                 finally:
@@ -365,7 +344,6 @@ def main(argv: list[str] | None = None) -> int:
                 if name not in NOT_COUNTED:
                     server = Server(name, app, work)
                     try:
-                        server.wait_ready()
                         load(server.port, WARM_UP, CONNECTIONS)
                         row.served = server.count("load", args.requests)
                         row.idle = server.count("idle", IDLE_SECONDS)
